@@ -1,0 +1,41 @@
+# Config validation and the helpers the rules share.
+
+import re
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# The workflow imports the skinlesion package straight from src/; rule scripts find it through
+# the scripts/skinlesion link (Snakemake puts a script's folder on its path), so no environment
+# (pip, conda, container, cluster node) needs the package installed.
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+from skinlesion.config import check_config, data_files  # noqa: E402
+
+check_config(config)
+
+FILES = data_files(config)
+RAW = "results/raw"
+DATA = "results/data"
+LOGS = "results/logs"
+
+DATA_OUTPUTS = [
+    f"{DATA}/checksums.csv",
+    f"{DATA}/split.csv",
+    f"{DATA}/split_counts.csv",
+    f"{DATA}/norm_stats.json",
+]
+
+
+def file_spec(wildcards):
+    return asdict(FILES[wildcards.file])
+
+
+def raw(name):
+    return f"{RAW}/{name}"

@@ -1,0 +1,11 @@
+from skinlesion.logs import log_to
+from skinlesion.split import write_split
+
+with log_to(snakemake.log[0]):
+    write_split(
+        snakemake.input.index,
+        snakemake.output.split,
+        snakemake.output.counts,
+        ratios=dict(snakemake.params.ratios),
+        seed=snakemake.params.seed,
+    )

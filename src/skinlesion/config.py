@@ -1,0 +1,83 @@
+"""Workflow configuration: schema validation, cross-field checks and the data-file table.
+
+Standard library (plus PyYAML and jsonschema, which Snakemake itself needs) only, so that the
+Snakefile can import it in whatever environment runs Snakemake.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from skinlesion.io import read_md5sums
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = ROOT / "workflow_config.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One dataset file as the config pins it."""
+
+    name: str
+    id: int | None = None
+    size: int | None = None
+    md5: str | None = None
+    original: bool = False  # ask Dataverse for the original upload of an ingested table
+
+
+def check_config(config: dict) -> dict:
+    """Checks the JSON schema cannot express; raise ConfigError naming the key."""
+    ratios = config["split"]["ratios"]
+    total = sum(ratios.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ConfigError(f"split.ratios must sum to 1, got {total:g} ({ratios})")
+    return config
+
+
+def load_config(path: str | os.PathLike = DEFAULT_CONFIG, overrides: dict | None = None) -> dict:
+    """Read a config file, apply overrides, validate against the schema and fill defaults."""
+    import yaml
+    from snakemake.utils import validate
+
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    config.update(overrides or {})
+    validate(config, str(SCHEMA))
+    return check_config(config)
+
+
+def data_files(config: dict) -> dict[str, FileSpec]:
+    """The raw files the workflow fetches, by name, with the size and MD5 expected of them.
+
+    From Dataverse, the sizes and MD5s pinned in the config. From a local mirror (``data_dir``),
+    the MD5s that the mirror's own ``MD5SUMS`` file lists and no size (a mirror may be
+    re-encoded, as the downscaled one is, so its bytes differ from Dataverse's).
+    """
+    files = dict(config["files"])
+    data_dir = config.get("data_dir")
+    if not data_dir:
+        if config["external_test"]["download"]:
+            files.update(config["external_test"]["files"])
+        return {name: FileSpec(name=name, **spec) for name, spec in files.items()}
+    sums_path = Path(data_dir) / "MD5SUMS"
+    if not sums_path.is_file():
+        raise ConfigError(
+            f"data_dir: the mirror directory {data_dir} has no MD5SUMS file; create one "
+            f"inside it with `md5sum {' '.join(files)} > MD5SUMS`"
+        )
+    sums = read_md5sums(sums_path)
+    missing = [name for name in files if name not in sums]
+    if missing:
+        raise ConfigError(f"data_dir: {sums_path} lists no MD5 for {', '.join(missing)}")
+    return {name: FileSpec(name=name, md5=sums[name]) for name in files}
+
+
+def expected_checksums(config: dict) -> dict[str, dict]:
+    """``{name: {"size": ..., "md5": ...}}`` for the checksum rule."""
+    return {name: {"size": s.size, "md5": s.md5} for name, s in data_files(config).items()}
