@@ -44,7 +44,7 @@ def fetch_dataverse(
     retries: int = 5,
     backoff_s: float = 2.0,
     timeout_s: float = 60.0,
-    chunk_size: int = 1 << 20,
+    chunk_size: int = 1 << 16,
     progress: bool = True,
 ) -> Path:
     """Download one file from Dataverse's access API, resuming and verifying it."""

@@ -157,7 +157,9 @@ def preprocess(
     index["source"] = [Path(members[i][0]).name for i in index["image_id"]]
 
     with atomic_path(out_images) as tmp_images:
-        arr = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(len(index), image_size, image_size, 3))
+        arr = np.lib.format.open_memmap(
+            tmp_images, mode="w+", dtype=np.uint8, shape=(len(index), image_size, image_size, 3)
+        )
         for row, src in enumerate(keep):
             arr[row] = decoded[src]
         arr.flush()
@@ -175,7 +177,8 @@ def _raise_or_log(problems: list[dict], policy: str) -> None:
     summary = "\n  ".join(lines[:20]) + (f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else "")
     if policy == "fail":
         raise DataValidationError(
-            f"{len(problems)} image(s) failed validation (set preprocess.on_bad_image: skip to leave them out):\n  {summary}"
+            f"{len(problems)} image(s) failed validation "
+            f"(set preprocess.on_bad_image: skip to leave them out):\n  {summary}"
         )
     log.warning("skipping %d image(s):\n  %s", len(problems), summary)
 

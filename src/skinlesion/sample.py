@@ -44,7 +44,9 @@ subset selected; labels and identifiers are unchanged. Non-commercial use only.
 """
 
 
-def make_sample(mirror: str | os.PathLike, out: str | os.PathLike, *, lesions_per_class: int, seed: int) -> pd.DataFrame:
+def make_sample(
+    mirror: str | os.PathLike, out: str | os.PathLike, *, lesions_per_class: int, seed: int
+) -> pd.DataFrame:
     """Copy every image of ``lesions_per_class`` seeded-random lesions per diagnosis."""
     mirror, out = Path(mirror), Path(out)
     meta = pd.read_csv(mirror / METADATA, dtype=str, keep_default_na=False)
@@ -59,11 +61,14 @@ def make_sample(mirror: str | os.PathLike, out: str | os.PathLike, *, lesions_pe
 
     out.mkdir(parents=True, exist_ok=True)
     for part in PARTS:
-        with zipfile.ZipFile(mirror / part) as src, atomic_path(out / part) as tmp:
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as dst:
-                for name in sorted(src.namelist()):
-                    if Path(name).stem in wanted:
-                        dst.writestr(zipfile.ZipInfo(Path(name).name, ZIP_TIMESTAMP), src.read(name))
+        with (
+            zipfile.ZipFile(mirror / part) as src,
+            atomic_path(out / part) as tmp,
+            zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as dst,
+        ):
+            for name in sorted(src.namelist()):
+                if Path(name).stem in wanted:
+                    dst.writestr(zipfile.ZipInfo(Path(name).name, ZIP_TIMESTAMP), src.read(name))
     with atomic_path(out / METADATA) as tmp:
         subset.to_csv(tmp, index=False, lineterminator="\n")
     sums = "".join(f"{hashlib.md5((out / f).read_bytes()).hexdigest()}  {f}\n" for f in (*PARTS, METADATA))

@@ -61,7 +61,12 @@ def split_counts(split: pd.DataFrame) -> pd.DataFrame:
     counts["images"] = counts.sum(axis=1)
     counts["lesions"] = split.groupby("split")["lesion_id"].nunique().reindex(list(SPLITS), fill_value=0)
     counts["malignant"] = split.groupby("split")["malignant"].sum().reindex(list(SPLITS), fill_value=0)
-    counts.loc["all"] = [*counts[list(CLASSES)].sum(), len(split), split["lesion_id"].nunique(), split["malignant"].sum()]
+    counts.loc["all"] = [
+        *counts[list(CLASSES)].sum(),
+        len(split),
+        split["lesion_id"].nunique(),
+        split["malignant"].sum(),
+    ]
     counts.index.name = "split"
     return counts.reset_index()
 

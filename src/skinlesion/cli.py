@@ -1,0 +1,67 @@
+"""Command line: ``skinlesion <command>`` or ``python -m skinlesion <command>``.
+
+The workflow (``snakemake``) is the main entry point; these commands expose the same
+functions for use outside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from skinlesion.config import DEFAULT_CONFIG
+
+
+def _download(args: argparse.Namespace) -> None:
+    from skinlesion.config import data_files, load_config
+    from skinlesion.download import download
+
+    overrides = {"data_dir": args.data_dir} if args.data_dir else {}
+    config = load_config(args.configfile, overrides)
+    for name, spec in data_files(config).items():
+        dest = Path(args.out_dir) / name
+        if dest.exists():
+            print(f"{dest} exists; skipping")
+            continue
+        download(spec, dest, data_dir=config["data_dir"], dataverse=config["dataverse"])
+        print(f"{dest} verified")
+
+
+def _make_sample(args: argparse.Namespace) -> None:
+    from skinlesion.sample import make_sample
+
+    subset = make_sample(args.mirror, args.out, lesions_per_class=args.lesions_per_class, seed=args.seed)
+    print(f"{args.out}: {len(subset)} images of {subset['lesion_id'].nunique()} lesions")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skinlesion", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("download", help="fetch and verify the raw HAM10000 files")
+    p.add_argument("--configfile", default=DEFAULT_CONFIG, help="workflow config (default: %(default)s)")
+    p.add_argument("--data-dir", help="copy from this local mirror instead of Dataverse")
+    p.add_argument("--out-dir", default="results/raw", help="where the files go (default: %(default)s)")
+    p.set_defaults(func=_download)
+
+    p = sub.add_parser("make-sample", help="build a small lesion-grouped sample mirror from a full mirror")
+    p.add_argument("--mirror", required=True, help="full HAM10000 mirror directory")
+    p.add_argument("--out", default="data/sample", help="output directory (default: %(default)s)")
+    p.add_argument("--lesions-per-class", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_make_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

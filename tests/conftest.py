@@ -1,0 +1,43 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+MIRROR = (ROOT / ".." / "shared" / "data" / "ham10000").resolve()
+FULLRES = (ROOT / ".." / "shared" / "data" / "ham10000_fullres_sample").resolve()
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def need(path: Path) -> Path:
+    """The shared real data; CI always has it, so there a missing copy is a failure, not a skip."""
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing; CI must run with ../shared beside the checkout")
+        pytest.skip(f"{path} not present")
+    return path
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the project's workflow with ``workdir`` as its working directory."""
+    cmd = [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    return need(MIRROR)
+
+
+@pytest.fixture(scope="session")
+def mirror_run(tmp_path_factory, mirror) -> Path:
+    """The data stage run once by Snakemake on the full 10,015-image mirror."""
+    workdir = tmp_path_factory.mktemp("mirror_run")
+    run_snakemake(workdir, "--config", f"data_dir={mirror}", "--", "all")
+    return workdir

@@ -1,0 +1,56 @@
+"""A bad config fails at workflow start with the schema's (or the cross-field check's) message."""
+
+import pytest
+import yaml
+
+from conftest import ROOT, SAMPLE, run_snakemake
+from skinlesion.config import ConfigError, load_config
+
+
+def _dry_run(tmp_path, extra: dict):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(extra))
+    return run_snakemake(tmp_path, "-n", "--configfile", str(cfg), "--config", f"data_dir={SAMPLE}", check=False)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"seed": "forty-two"}, "'forty-two' is not of type 'integer'"),
+        ({"train": {"tiers": ["resnet", "vgg_huge"]}}, "'vgg_huge' is not one of"),
+        ({"preprocess": {"image_size": 128, "on_bad_image": "ignore"}}, "'ignore' is not one of"),
+        ({"split": {"ratios": {"train": 0.8, "val": 0.15, "test": 0.15}}}, "split.ratios must sum to 1, got 1.1"),
+        ({"sedd": 1}, "Additional properties are not allowed ('sedd' was unexpected)"),
+    ],
+)
+def test_bad_config_fails_at_start(tmp_path, override, message):
+    proc = _dry_run(tmp_path, override)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_default_config_is_valid_and_documented():
+    config = load_config(ROOT / "workflow_config.yaml")
+    assert config["split"]["ratios"] == {"train": 0.7, "val": 0.15, "test": 0.15}
+    schema = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
+
+    def undocumented(node, path):
+        for key, sub in node.get("properties", {}).items():
+            if "description" not in sub and "$ref" not in sub:
+                yield path + key
+            yield from undocumented(sub, f"{path}{key}.")
+
+    assert list(undocumented(schema, "")) == []
+
+
+def test_load_config_rejects_ratio_sum(tmp_path):
+    with pytest.raises(ConfigError, match="split.ratios must sum to 1"):
+        load_config(ROOT / "workflow_config.yaml", {"split": {"ratios": {"train": 0.5, "val": 0.2, "test": 0.2}}})
+
+
+def test_mirror_without_md5sums_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="has no MD5SUMS file"):
+        from skinlesion.config import data_files
+
+        data_files(load_config(ROOT / "workflow_config.yaml", {"data_dir": str(tmp_path)}))
