@@ -9,9 +9,18 @@ configfile: Path(workflow.basedir) / "workflow_config.yaml"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:
     input:
         DATA_OUTPUTS,
+        TRAIN_OUTPUTS,
+        EVAL_OUTPUTS,
     default_target: True
+
+
+rule data:
+    input:
+        DATA_OUTPUTS,

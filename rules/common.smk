@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 validate(config, schema="../schemas/config.schema.yaml")
 
-from skinlesion.config import check_config, data_files  # noqa: E402
+from skinlesion.config import check_config, data_files, tier_settings  # noqa: E402
 
 check_config(config)
 
@@ -24,12 +24,34 @@ FILES = data_files(config)
 RAW = "results/raw"
 DATA = "results/data"
 LOGS = "results/logs"
+MODELS = "results/models"
+FIGURES = "results/figures"
+METRICS = "results/metrics"
+PREDICTIONS = "results/predictions"
+
+# The preprocessed cache every training and evaluation job reads.
+CACHE = {
+    "images": f"{DATA}/images.npy",
+    "index": f"{DATA}/index.csv",
+    "split": f"{DATA}/split.csv",
+    "stats": f"{DATA}/norm_stats.json",
+}
+# GPUs each train job asks for (0 when training is pinned to the CPU).
+TRAIN_GPUS = 0 if config["train"]["accelerator"] == "cpu" else config["train"]["devices"]
 
 DATA_OUTPUTS = [
     f"{DATA}/checksums.csv",
     f"{DATA}/split.csv",
     f"{DATA}/split_counts.csv",
     f"{DATA}/norm_stats.json",
+]
+TRAIN_OUTPUTS = [f"{FIGURES}/augment_preview.png"] + [
+    f"{MODELS}/{tier}/best.ckpt" for tier in config["train"]["tiers"]
+]
+EVAL_OUTPUTS = [
+    f"{FIGURES}/{tier}/{name}.png"
+    for tier in config["train"]["tiers"]
+    for name in ("confusion", "roc", "reliability")
 ]
 
 

@@ -10,6 +10,7 @@ SAMPLE = ROOT / "data" / "sample"
 MIRROR = (ROOT / ".." / "shared" / "data" / "ham10000").resolve()
 FULLRES = (ROOT / ".." / "shared" / "data" / "ham10000_fullres_sample").resolve()
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+SAMPLE_CONFIG = ROOT / "profiles" / "sample" / "sample.yaml"
 
 
 def need(path: Path) -> Path:
@@ -39,5 +40,18 @@ def mirror() -> Path:
 def mirror_run(tmp_path_factory, mirror) -> Path:
     """The data stage run once by Snakemake on the full 10,015-image mirror."""
     workdir = tmp_path_factory.mktemp("mirror_run")
-    run_snakemake(workdir, "--config", f"data_dir={mirror}", "--", "all")
+    run_snakemake(workdir, "--config", f"data_dir={mirror}", "--", "data")
+    return workdir
+
+
+def sample_args(*extra: str) -> list[str]:
+    """Snakemake arguments for the bundled sample with its small training settings."""
+    return ["--configfile", str(SAMPLE_CONFIG), "--config", f"data_dir={SAMPLE}", *extra]
+
+
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory) -> Path:
+    """The whole workflow run once by Snakemake on the bundled sample."""
+    workdir = tmp_path_factory.mktemp("sample_run")
+    run_snakemake(workdir, *sample_args())
     return workdir

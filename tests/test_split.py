@@ -65,13 +65,13 @@ def test_channel_stats_of_the_training_split(mirror_run):
 
 
 def test_rerun_from_scratch_is_byte_identical(mirror_run, mirror, tmp_path):
-    run_snakemake(tmp_path, "--config", f"data_dir={mirror}", "--", "all")
+    run_snakemake(tmp_path, "--config", f"data_dir={mirror}", "--", "data")
     for name in ("checksums.csv", "index.csv", "split.csv", "split_counts.csv", "norm_stats.json", "images.npy"):
         assert tmp_path.joinpath(*DATA, name).read_bytes() == mirror_run.joinpath(*DATA, name).read_bytes(), name
 
 
 def test_nothing_to_do_after_a_complete_run(mirror_run, mirror):
-    proc = run_snakemake(mirror_run, "-n", "--config", f"data_dir={mirror}", "--", "all")
+    proc = run_snakemake(mirror_run, "-n", "--config", f"data_dir={mirror}", "--", "data")
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 

@@ -81,3 +81,12 @@ def data_files(config: dict) -> dict[str, FileSpec]:
 def expected_checksums(config: dict) -> dict[str, dict]:
     """``{name: {"size": ..., "md5": ...}}`` for the checksum rule."""
     return {name: {"size": s.size, "md5": s.md5} for name, s in data_files(config).items()}
+
+
+TIERS = ("baseline_cnn", "resnet", "transfer")
+
+
+def tier_settings(train_cfg: dict, tier: str) -> dict:
+    """The shared train settings with the tier's own block laid over them (what one job uses)."""
+    shared = {k: v for k, v in train_cfg.items() if k not in ("tiers", *TIERS)}
+    return {**shared, **train_cfg[tier]}

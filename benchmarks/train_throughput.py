@@ -1,0 +1,139 @@
+"""Training throughput per tier on the preprocessed cache: images/s, data-wait share, peak memory.
+
+    python benchmarks/train_throughput.py --data results/data --batches 40 [--tiers resnet ...]
+
+Runs each tier in its own process with the workflow's default settings (workflow_config.yaml,
+overridable with --set key=value on the train section, e.g. --set num_workers=0) for one
+epoch of --batches batches without validation, and prints one row per tier. The first
+--warmup batches are excluded from the rate.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def measure(tier: str, data: Path, batches: int, warmup: int, overrides: dict) -> dict:
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import Callback
+
+    from skinlesion.config import load_config, tier_settings
+    from skinlesion.datamodule import LesionDataModule, class_names
+    from skinlesion.module import LesionClassifier
+    from skinlesion.train import resolve_precision
+
+    config = load_config()
+    settings = {**tier_settings(config["train"], tier), **overrides}
+    L.seed_everything(0, workers=True)
+    dm = LesionDataModule(
+        str(data / "images.npy"),
+        str(data / "index.csv"),
+        str(data / "split.csv"),
+        str(data / "norm_stats.json"),
+        task=settings["task"],
+        image_size=settings["image_size"],
+        batch_size=settings["batch_size"],
+        num_workers=settings["num_workers"],
+        imbalance=settings["imbalance"],
+        augment=settings["augment"],
+    )
+    model = LesionClassifier(
+        tier=tier,
+        model=settings["model"],
+        class_names=class_names(settings["task"]),
+        mean=dm.mean,
+        std=dm.std,
+        image_size=settings["image_size"],
+        cache_size=128,
+        epochs=1,
+    )
+
+    class Timer(Callback):
+        def __init__(self):
+            self.wait, self.busy, self.mark, self.steps = [], [], None, 0
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.mark = time.perf_counter()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            now = time.perf_counter()
+            self.wait.append(now - self.mark)
+            self.mark = now
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            now = time.perf_counter()
+            self.busy.append(now - self.mark)
+            self.mark = now
+
+    timer = Timer()
+    precision = resolve_precision(settings["precision"], settings["accelerator"])
+    trainer = L.Trainer(
+        accelerator=settings["accelerator"],
+        devices=1,
+        precision=precision,
+        max_epochs=1,
+        limit_train_batches=batches,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(model, datamodule=dm)
+    wait, busy = sum(timer.wait[warmup:]), sum(timer.busy[warmup:])
+    steps = len(timer.busy) - warmup
+    peak_mb = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    ) / 1024
+    return {
+        "tier": tier,
+        "image_size": settings["image_size"],
+        "precision": precision,
+        "num_workers": settings["num_workers"],
+        "images_per_s": round(steps * settings["batch_size"] / (wait + busy), 1),
+        "data_wait_pct": round(100 * wait / (wait + busy), 1),
+        "peak_rss_mb": round(peak_mb),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="results/data", help="folder with images.npy, index.csv, split.csv")
+    parser.add_argument("--tiers", nargs="+", default=["baseline_cnn", "resnet", "transfer"])
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--set", nargs="*", default=[], help="train settings to override, key=value (YAML values)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    import yaml
+
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    if args.one:
+        print(json.dumps(measure(args.one, Path(args.data), args.batches, args.warmup, overrides)))
+        return
+    print(
+        f"{'tier':14s} {'size':>4s} {'precision':>10s} {'workers':>7s} {'img/s':>7s} {'data wait %':>11s} {'peak MB':>8s}"
+    )
+    for tier in args.tiers:
+        cmd = [sys.executable, __file__, "--one", tier, "--data", args.data, "--batches", str(args.batches)]
+        cmd += ["--warmup", str(args.warmup), "--set", *args.set]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        r = json.loads(out)
+        print(
+            f"{r['tier']:14s} {r['image_size']:4d} {r['precision']:>10s} {r['num_workers']:7d} "
+            f"{r['images_per_s']:7.1f} {r['data_wait_pct']:11.1f} {r['peak_rss_mb']:8d}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+# Evaluation stage: each tier on the held-out, lesion-grouped test split.
+
+
+rule evaluate:
+    input:
+        ckpt=f"{MODELS}/{{tier}}/best.ckpt",
+        **CACHE,
+    output:
+        metrics=f"{METRICS}/{{tier}}.json",
+        predictions=f"{PREDICTIONS}/{{tier}}_test.csv",
+    params:
+        tta=config["evaluate"]["tta"],
+        target_sensitivity=config["evaluate"]["target_sensitivity"],
+        n_boot=config["evaluate"]["n_boot"],
+        seed=config["seed"],
+    wildcard_constraints:
+        tier="|".join(config["train"]["tiers"]),
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+    log:
+        f"{LOGS}/evaluate/{{tier}}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/evaluate.py"
+
+
+rule evaluation_figures:
+    input:
+        predictions=f"{PREDICTIONS}/{{tier}}_test.csv",
+        metrics=f"{METRICS}/{{tier}}.json",
+    output:
+        confusion=report(
+            f"{FIGURES}/{{tier}}/confusion.png",
+            caption="../report/confusion.rst",
+            category="Evaluation",
+            subcategory="{tier}",
+        ),
+        roc=report(
+            f"{FIGURES}/{{tier}}/roc.png",
+            caption="../report/roc.rst",
+            category="Evaluation",
+            subcategory="{tier}",
+        ),
+        reliability=report(
+            f"{FIGURES}/{{tier}}/reliability.png",
+            caption="../report/reliability.rst",
+            category="Evaluation",
+            subcategory="{tier}",
+        ),
+    log:
+        f"{LOGS}/evaluation_figures/{{tier}}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/evaluation_figures.py"

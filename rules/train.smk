@@ -1,0 +1,48 @@
+# Training stage: one job per tier, sent to a GPU queue on a cluster (the gpu resource).
+
+
+rule augment_preview:
+    input:
+        **CACHE,
+    output:
+        report(
+            f"{FIGURES}/augment_preview.png",
+            caption="../report/augment_preview.rst",
+            category="Data",
+        ),
+    params:
+        settings=tier_settings(config["train"], config["train"]["tiers"][0]),
+        seed=config["seed"],
+    log:
+        f"{LOGS}/augment_preview.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/augment_preview.py"
+
+
+rule train:
+    input:
+        **CACHE,
+    output:
+        ckpt=f"{MODELS}/{{tier}}/best.ckpt",
+        history=f"{MODELS}/{{tier}}/history.csv",
+        run_id=f"{MODELS}/{{tier}}/mlflow_run_id.txt",
+    params:
+        settings=lambda wc: tier_settings(config["train"], wc.tier),
+        seed=config["seed"],
+        mlflow=config["mlflow"],
+        work_dir=lambda wc: f"{MODELS}/{wc.tier}/work",
+    wildcard_constraints:
+        tier="|".join(config["train"]["tiers"]),
+    threads: workflow.cores
+    resources:
+        gpu=lambda wc: TRAIN_GPUS,
+        mem_mb=config["train"]["mem_mb"],
+        runtime=config["train"]["runtime"],
+    log:
+        f"{LOGS}/train/{{tier}}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/train.py"

@@ -1,0 +1,20 @@
+import torch
+
+from skinlesion.evaluate import evaluate_tier
+from skinlesion.logs import log_to
+
+torch.set_num_threads(snakemake.threads)
+with log_to(snakemake.log[0]):
+    evaluate_tier(
+        snakemake.input.ckpt,
+        snakemake.input.images,
+        snakemake.input.index,
+        snakemake.input.split,
+        snakemake.output.metrics,
+        snakemake.output.predictions,
+        tier=snakemake.wildcards.tier,
+        tta=snakemake.params.tta,
+        target_sensitivity=snakemake.params.target_sensitivity,
+        n_boot=snakemake.params.n_boot,
+        seed=snakemake.params.seed,
+    )

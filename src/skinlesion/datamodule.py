@@ -1,0 +1,156 @@
+"""Training data: the memory-mapped uint8 cache, torchvision v2 augmentation, and the DataModule."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision.transforms import v2
+
+from skinlesion import CLASSES
+from skinlesion.preprocess import read_index
+
+TASKS = ("multiclass", "binary")
+
+
+def class_names(task: str) -> list[str]:
+    """Output classes of a model trained for ``task``."""
+    return list(CLASSES) if task == "multiclass" else ["benign", "malignant"]
+
+
+def _rot90(img: torch.Tensor) -> torch.Tensor:
+    return torch.rot90(img, int(torch.randint(4, (1,))), dims=(-2, -1))
+
+
+def train_transform(size: int, augment: dict) -> v2.Transform:
+    """Random augmentation of a uint8 CHW image, ending at ``size`` x ``size``."""
+    steps: list[v2.Transform] = [
+        v2.RandomResizedCrop(size, scale=(augment["crop_scale_min"], 1.0), ratio=(3 / 4, 4 / 3), antialias=True)
+    ]
+    if augment["flip"]:
+        steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+    if augment["rot90"]:
+        steps.append(v2.Lambda(_rot90))
+    if augment["degrees"] or augment["translate"]:
+        translate = (augment["translate"],) * 2 if augment["translate"] else None
+        steps.append(v2.RandomAffine(degrees=augment["degrees"], translate=translate))
+    jitter = augment["color_jitter"]
+    if any(jitter.values()):
+        steps.append(v2.ColorJitter(**jitter))
+    return v2.Compose(steps)
+
+
+def eval_transform(size: int) -> v2.Transform:
+    """The deterministic counterpart: the whole (square) cached frame resized to ``size``."""
+    return v2.Resize((size, size), antialias=True)
+
+
+class CacheDataset(Dataset):
+    """Rows of the uint8 image cache with their labels; opens the memmap lazily in each worker."""
+
+    def __init__(self, images_npy: str | os.PathLike, rows: np.ndarray, labels: np.ndarray, transform=None):
+        self.images_npy = str(images_npy)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.transform = transform
+        self._images = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        if self._images is None:
+            self._images = np.load(self.images_npy, mmap_mode="r")
+        img = torch.from_numpy(np.array(self._images[self.rows[i]])).permute(2, 0, 1)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.labels[i]
+
+
+def load_split_table(index_csv, split_csv) -> pd.DataFrame:
+    """The index table with each image's split, in cache row order."""
+    index = read_index(index_csv)
+    split = pd.read_csv(split_csv, dtype={"image_id": str, "lesion_id": str})
+    table = index.merge(split[["image_id", "split"]], on="image_id", how="left", validate="one_to_one")
+    if table["split"].isna().any():
+        missing = table.loc[table["split"].isna(), "image_id"].tolist()[:5]
+        raise ValueError(f"{split_csv}: no split for cached image(s) {missing}")
+    return table
+
+
+def labels_for(table: pd.DataFrame, task: str) -> np.ndarray:
+    if task == "multiclass":
+        return table["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    return table["malignant"].to_numpy()
+
+
+class LesionDataModule(L.LightningDataModule):
+    """Train/val/test loaders over the preprocessed cache and the lesion-grouped split."""
+
+    def __init__(
+        self,
+        images_npy: str,
+        index_csv: str,
+        split_csv: str,
+        stats_json: str,
+        *,
+        task: str = "multiclass",
+        image_size: int = 64,
+        batch_size: int = 64,
+        num_workers: int = 1,
+        imbalance: str = "sampler",
+        augment: dict,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.images_npy, self.task, self.image_size = images_npy, task, image_size
+        self.batch_size, self.num_workers, self.imbalance, self.seed = batch_size, num_workers, imbalance, seed
+        self.table = load_split_table(index_csv, split_csv)
+        self.labels = labels_for(self.table, task)
+        stats = json.loads(Path(stats_json).read_text())
+        self.mean, self.std = stats["mean"], stats["std"]
+        self.augment = augment
+        self.num_classes = len(class_names(task))
+
+    def _rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.table["split"].to_numpy() == split)
+
+    def class_counts(self) -> np.ndarray:
+        train = self.labels[self._rows("train")]
+        return np.bincount(train, minlength=self.num_classes)
+
+    def dataset(self, split: str, train: bool = False) -> CacheDataset:
+        rows = self._rows(split)
+        transform = train_transform(self.image_size, self.augment) if train else eval_transform(self.image_size)
+        return CacheDataset(self.images_npy, self.table["row"].to_numpy()[rows], self.labels[rows], transform)
+
+    def _loader(self, dataset, **kwargs) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        data = self.dataset("train", train=True)
+        generator = torch.Generator().manual_seed(self.seed)
+        if self.imbalance in ("sampler", "both"):
+            counts = self.class_counts()
+            weights = 1.0 / counts[data.labels.numpy()]
+            sampler = WeightedRandomSampler(weights, num_samples=len(data), replacement=True, generator=generator)
+            return self._loader(data, sampler=sampler, drop_last=True)
+        return self._loader(data, shuffle=True, generator=generator, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"))

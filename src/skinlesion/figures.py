@@ -1,0 +1,126 @@
+"""Figures of the workflow (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from skinlesion import CLASSES  # noqa: E402
+from skinlesion.datamodule import eval_transform, load_split_table, train_transform  # noqa: E402
+from skinlesion.io import atomic_path  # noqa: E402
+
+
+def save(fig, dest: str | os.PathLike, dpi: int = 110) -> None:
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=os.path.splitext(str(dest))[1][1:] or "png")
+    plt.close(fig)
+
+
+def augment_preview(
+    images_npy, index_csv, split_csv, out_png, *, settings: dict, seed: int, per_class: int = 2, variants: int = 4
+) -> None:
+    """For ``per_class`` training images of each class: the network input, then augmented draws."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    table = load_split_table(index_csv, split_csv)
+    images = np.load(images_npy, mmap_mode="r")
+    size = settings["image_size"]
+    plain, augment = eval_transform(size), train_transform(size, settings["augment"])
+    rows = []
+    for dx in CLASSES:
+        candidates = table.loc[(table["dx"] == dx) & (table["split"] == "train"), ["row", "image_id"]].to_numpy()
+        for row, image_id in candidates[rng.permutation(len(candidates))[:per_class]]:
+            rows.append((dx, image_id, torch.from_numpy(np.ascontiguousarray(images[row])).permute(2, 0, 1)))
+    fig, axes = plt.subplots(len(rows), variants + 1, figsize=(1.6 * (variants + 1), 1.6 * len(rows)), squeeze=False)
+    for r, (dx, image_id, img) in enumerate(rows):
+        panels = [plain(img)] + [augment(img) for _ in range(variants)]
+        for c, panel in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(panel.permute(1, 2, 0).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(f"{dx}\n{image_id}", fontsize=7)
+            if r == 0:
+                ax.set_title("original" if c == 0 else f"augmented {c}", fontsize=8)
+    fig.suptitle(f"Training augmentation at {size}px (original = network input without augmentation)", fontsize=9)
+    save(fig, out_png)
+
+
+def evaluation_figures(predictions_csv, metrics_json, out_confusion, out_roc, out_reliability, *, tier: str) -> None:
+    """Confusion matrices (counts, row-normalised), ROC curves (per class, malignant), reliability."""
+    import json
+
+    import pandas as pd
+    import seaborn as sns
+    from sklearn.metrics import confusion_matrix, roc_curve
+
+    from skinlesion.metrics import MALIGNANT_IDX, reliability_bins
+
+    preds = pd.read_csv(predictions_csv)
+    metrics = json.loads(Path(metrics_json).read_text())["test"]
+    y = preds["true_dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    probs = preds[list(CLASSES)].to_numpy()
+
+    cm = confusion_matrix(y, probs.argmax(axis=1), labels=range(len(CLASSES)))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    with np.errstate(invalid="ignore"):
+        norm = cm / cm.sum(axis=1, keepdims=True)
+    for ax, data, fmt, title in ((axes[0], cm, "d", "counts"), (axes[1], norm, ".2f", "row-normalised (recall)")):
+        sns.heatmap(
+            data, annot=True, fmt=fmt, cmap="Blues", cbar=False, ax=ax, xticklabels=CLASSES, yticklabels=CLASSES
+        )
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{tier}: confusion matrix, {title}", fontsize=10)
+    save(fig, out_confusion)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    for i, name in enumerate(CLASSES):
+        if 0 < (y == i).sum() < len(y):
+            fpr, tpr, _ = roc_curve(y == i, probs[:, i])
+            auc = metrics["per_class"][name]["auroc"]
+            axes[0].plot(fpr, tpr, label=f"{name} (AUROC {auc:.3f})")
+    y_mal = np.isin(y, MALIGNANT_IDX)
+    fpr, tpr, _ = roc_curve(y_mal, preds["p_malignant"])
+    m = metrics["metrics"]
+    auc = m["malignant_auroc"]
+    axes[1].plot(
+        fpr,
+        tpr,
+        color="C3",
+        label=f"malignant vs benign (AUROC {auc['value']:.3f}, 95% CI {auc['ci_low']:.3f}-{auc['ci_high']:.3f})",
+    )
+    if "sensitivity" in m:
+        axes[1].plot(
+            1 - m["specificity"]["value"],
+            m["sensitivity"]["value"],
+            "ko",
+            label=f"threshold {metrics['threshold']:.3f} chosen on val",
+        )
+    for ax, title in ((axes[0], "per class (one vs rest)"), (axes[1], "malignant (mel + bcc + akiec)")):
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(f"{tier}: ROC, {title}", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+    save(fig, out_roc)
+
+    bins = reliability_bins(y, probs)
+    centers = (bins["edges"][:-1] + bins["edges"][1:]) / 2
+    fig, ax = plt.subplots(figsize=(5, 4.6))
+    ax.bar(centers, np.nan_to_num(bins["accuracy"]), width=1 / len(centers), edgecolor="k", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k:", label="perfect calibration")
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ece = m["ece"]
+    ax.set_title(f"{tier}: reliability (ECE {ece['value']:.3f})", fontsize=10)
+    ax.legend(fontsize=8)
+    save(fig, out_reliability)

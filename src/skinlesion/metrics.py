@@ -1,0 +1,138 @@
+"""Evaluation metrics with lesion-level bootstrap confidence intervals.
+
+Every number the report shows comes from here: accuracy, balanced multi-class accuracy (the
+ISIC 2018 Task 3 ranking metric: mean per-class recall), macro F1, per-class precision /
+recall / F1 / AUROC, macro AUROC, malignant-vs-benign AUROC and average precision,
+sensitivity and specificity at a threshold chosen on the validation split, and expected
+calibration error. Confidence intervals resample *lesions* (all images of a drawn lesion come
+along), since images of one lesion are not independent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import (
+    average_precision_score,
+    balanced_accuracy_score,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
+
+from skinlesion import CLASSES, MALIGNANT
+
+MALIGNANT_IDX = [CLASSES.index(c) for c in MALIGNANT]
+
+
+def threshold_for_sensitivity(y_malignant: np.ndarray, p_malignant: np.ndarray, target: float = 0.95) -> float:
+    """The highest threshold whose sensitivity (p >= threshold counts as malignant) reaches ``target``."""
+    y = np.asarray(y_malignant).astype(bool)
+    if not y.any() or y.all():
+        raise ValueError("choosing a threshold needs both malignant and benign cases")
+    fpr, tpr, thresholds = roc_curve(y, p_malignant)
+    ok = np.flatnonzero(tpr >= target - 1e-12)
+    return float(min(thresholds[ok[0]], 1.0))
+
+
+def sens_spec(y_malignant: np.ndarray, p_malignant: np.ndarray, threshold: float) -> tuple[float, float]:
+    y = np.asarray(y_malignant).astype(bool)
+    pred = np.asarray(p_malignant) >= threshold
+    return float((pred & y).sum() / y.sum()), float((~pred & ~y).sum() / (~y).sum())
+
+
+def expected_calibration_error(y: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE: |accuracy - confidence| per equal-width confidence bin, weighted by bin size."""
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
+    return float(ece)
+
+
+def reliability_bins(y: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict:
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    acc = np.array([correct[which == b].mean() if counts[b] else np.nan for b in range(bins)])
+    mean_conf = np.array([conf[which == b].mean() if counts[b] else np.nan for b in range(bins)])
+    return {"edges": edges, "count": counts, "accuracy": acc, "confidence": mean_conf}
+
+
+def _point_metrics(y: np.ndarray, probs: np.ndarray, threshold: float | None) -> dict[str, float]:
+    """Scalar metrics of one (re)sample. ``y`` are indices into CLASSES, ``probs`` is (N, 7)."""
+    pred = probs.argmax(axis=1)
+    labels = np.arange(len(CLASSES))
+    y_mal = np.isin(y, MALIGNANT_IDX)
+    p_mal = probs[:, MALIGNANT_IDX].sum(axis=1)
+    out = {
+        "accuracy": float((pred == y).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "ece": expected_calibration_error(y, probs),
+    }
+    present = np.unique(y)
+    if len(present) == len(CLASSES):
+        out["macro_auroc"] = float(roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=labels))
+    if 0 < y_mal.sum() < len(y_mal):
+        out["malignant_auroc"] = float(roc_auc_score(y_mal, p_mal))
+        out["malignant_ap"] = float(average_precision_score(y_mal, p_mal))
+        if threshold is not None:
+            out["sensitivity"], out["specificity"] = sens_spec(y_mal, p_mal, threshold)
+    return out
+
+
+def per_class(y: np.ndarray, probs: np.ndarray) -> dict[str, dict[str, float]]:
+    pred = probs.argmax(axis=1)
+    labels = np.arange(len(CLASSES))
+    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    out = {}
+    for i, name in enumerate(CLASSES):
+        positive = y == i
+        auroc = float(roc_auc_score(positive, probs[:, i])) if 0 < positive.sum() < len(y) else None
+        out[name] = {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "auroc": auroc,
+            "support": int(support[i]),
+        }
+    return out
+
+
+def lesion_bootstrap(
+    y: np.ndarray,
+    probs: np.ndarray,
+    lesion_ids: np.ndarray,
+    *,
+    threshold: float | None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict[str, float]]:
+    """Point estimate and percentile CI of every scalar metric, resampling lesions with replacement."""
+    y, probs, lesion_ids = np.asarray(y), np.asarray(probs), np.asarray(lesion_ids)
+    point = _point_metrics(y, probs, threshold)
+    _, inverse = np.unique(lesion_ids, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {k: [] for k in point}
+    for _ in range(n_boot):
+        chosen = rng.integers(0, len(members), len(members))
+        idx = np.concatenate([members[k] for k in chosen])
+        for key, value in _point_metrics(y[idx], probs[idx], threshold).items():
+            draws[key].append(value)
+    alpha = (1 - level) / 2
+    result = {}
+    for key, value in point.items():
+        values = np.asarray(draws[key])
+        lo, hi = np.quantile(values, [alpha, 1 - alpha]) if len(values) else (np.nan, np.nan)
+        result[key] = {"value": value, "ci_low": float(lo), "ci_high": float(hi), "n_boot": int(len(values))}
+    return result

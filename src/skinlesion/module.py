@@ -1,0 +1,157 @@
+"""The LightningModule shared by every tier: normalisation, loss, metrics, optimiser, schedule.
+
+A checkpoint carries everything inference needs in its hyperparameters: tier and network
+parameters, task and class names, cache size, input size, and the training split's channel
+mean/std, so ``predict`` and the exported models read preprocessing from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAUROC,
+    MulticlassAccuracy,
+    MulticlassAUROC,
+)
+
+from skinlesion import CLASSES, MALIGNANT
+from skinlesion.models import build_model
+
+LOSSES = ("ce", "focal")
+
+
+def focal_loss(logits, target, weight=None, gamma: float = 2.0, label_smoothing: float = 0.0):
+    """Multi-class focal loss (Lin et al., 2017) on top of (weighted, smoothed) cross-entropy."""
+    ce = F.cross_entropy(logits, target, weight=weight, reduction="none", label_smoothing=label_smoothing)
+    p_true = torch.softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
+    loss = (1 - p_true).pow(gamma) * ce
+    if weight is None:
+        return loss.mean()
+    return loss.sum() / weight[target].sum()
+
+
+class LesionClassifier(L.LightningModule):
+    def __init__(
+        self,
+        tier: str,
+        model: dict,
+        class_names: list[str],
+        mean: list[float],
+        std: list[float],
+        image_size: int,
+        cache_size: int,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        warmup_epochs: float = 1.0,
+        epochs: int = 20,
+        loss: str = "ce",
+        focal_gamma: float = 2.0,
+        label_smoothing: float = 0.0,
+        class_weights: list[float] | None = None,
+        channels_last: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_model(tier, len(class_names), dict(model))
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.binary = list(class_names) == ["benign", "malignant"]
+        self.val_metrics = self._metrics("val")
+
+    def _metrics(self, prefix: str) -> MetricCollection:
+        n = len(self.hparams.class_names)
+        if self.binary:
+            return MetricCollection({"auroc": BinaryAUROC()}, prefix=f"{prefix}/")
+        return MetricCollection(
+            {
+                "bal_acc": MulticlassAccuracy(n, average="macro"),
+                "acc": MulticlassAccuracy(n, average="micro"),
+                "auroc": MulticlassAUROC(n, average="macro"),
+            },
+            prefix=f"{prefix}/",
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of uint8 (or 0-255 float) NCHW images at the input size."""
+        x = (x.float() - self.mean) / self.std
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def p_malignant(self, probs: torch.Tensor) -> torch.Tensor:
+        """Malignant probability: the binary model's own, or mel+bcc+akiec of the multiclass one."""
+        if self.binary:
+            return probs[:, 1]
+        idx = [CLASSES.index(c) for c in MALIGNANT]
+        return probs[:, idx].sum(dim=1)
+
+    def _loss(self, logits, y):
+        kwargs = {"weight": self.class_weights, "label_smoothing": self.hparams.label_smoothing}
+        if self.hparams.loss == "focal":
+            return focal_loss(logits.float(), y, gamma=self.hparams.focal_gamma, **kwargs)
+        return F.cross_entropy(logits.float(), y, **kwargs)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self._loss(self(x), y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x).float()
+        self.log("val/loss", self._loss(logits, y), on_epoch=True, prog_bar=True)
+        probs = torch.softmax(logits, dim=1)
+        self.val_metrics.update(probs[:, 1] if self.binary else probs, y)
+        if not self.binary:
+            self._malignant_scores.append(self.p_malignant(probs))
+            self._malignant_labels.append(
+                torch.isin(y, torch.tensor([CLASSES.index(c) for c in MALIGNANT], device=y.device))
+            )
+
+    def on_validation_epoch_start(self):
+        self._malignant_scores, self._malignant_labels = [], []
+
+    def on_validation_epoch_end(self):
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+        if not self.binary and self._malignant_scores:
+            auroc = BinaryAUROC().to(self.device)
+            value = auroc(torch.cat(self._malignant_scores), torch.cat(self._malignant_labels).long())
+            self.log("val/malignant_auroc", value, prog_bar=True)
+
+    def configure_optimizers(self):
+        """AdamW with a linear warm-up and a cosine decay, stepped every batch."""
+        decay, no_decay = [], []
+        for name, param in self.net.named_parameters():
+            (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(total - 1, int(total * self.hparams.warmup_epochs / max(1, self.hparams.epochs)))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_classifier(path, map_location="cpu") -> LesionClassifier:
+    """Load a checkpoint for inference (weights only: no pickled code is executed)."""
+    model = LesionClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+    return model.eval()

@@ -1,0 +1,260 @@
+"""The train rule: one tier, seeded, tracked in MLflow, resumable after a kill.
+
+Everything that must survive a killed job lives in a work directory that is *not* a Snakemake
+output (Snakemake deletes the outputs of an incomplete job before rerunning it): ``last.ckpt``,
+the per-epoch history so far, the MLflow run id and a fingerprint of the configuration. A
+rerun with the same fingerprint resumes from ``last.ckpt``; a changed configuration starts over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from skinlesion.config import tier_settings  # noqa: F401  (re-exported for callers)
+from skinlesion.datamodule import LesionDataModule, class_names
+from skinlesion.io import atomic_path, md5sum
+from skinlesion.module import LesionClassifier
+
+log = logging.getLogger(__name__)
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto``: bf16 mixed precision on a GPU, or on a CPU with native bf16 (AMX/AVX512-BF16); else fp32."""
+    if precision != "auto":
+        return precision
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32-true"
+
+
+class EpochHistory(Callback):
+    """Per-epoch metrics, epoch time and the share of step time spent waiting for data.
+
+    Rows are appended to ``path`` as each epoch ends, so a resumed run keeps earlier epochs.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._wait = self._busy = 0.0
+        self._mark = None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._wait = self._busy = 0.0
+        self._epoch_start = self._mark = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        now = time.perf_counter()
+        self._wait += now - self._mark  # since the previous step ended: the loader's time
+        self._mark = now
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        self._busy += now - self._mark
+        self._mark = now
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        total = self._wait + self._busy
+        pl_module.log("time/data_wait_frac", self._wait / total if total else 0.0)
+        pl_module.log("time/train_epoch_s", time.perf_counter() - self._epoch_start)
+        if trainer.global_rank != 0:
+            return
+        row = {"epoch": trainer.current_epoch}
+        row.update({k: round(float(v), 6) for k, v in sorted(trainer.callback_metrics.items())})
+        rows = self.rows() + [row]
+        with atomic_path(self.path) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False, lineterminator="\n")
+
+    def rows(self) -> list[dict]:
+        return pd.read_csv(self.path).to_dict("records") if self.path.exists() else []
+
+    def truncate(self, epochs_done: int) -> None:
+        """Drop rows of epochs at or after ``epochs_done`` (they are about to be rerun)."""
+        rows = [r for r in self.rows() if r["epoch"] < epochs_done]
+        with atomic_path(self.path) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False, lineterminator="\n")
+
+
+def _fingerprint(settings: dict, seed: int, inputs: list[str]) -> str:
+    blob = json.dumps({"settings": settings, "seed": seed, "inputs": [md5sum(p) for p in inputs]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def train_tier(
+    tier: str,
+    *,
+    images: str,
+    index: str,
+    split: str,
+    stats: str,
+    settings: dict,
+    seed: int,
+    out_ckpt: str,
+    out_history: str,
+    out_run_id: str,
+    work_dir: str,
+    mlflow_cfg: dict,
+    progress: bool = False,
+) -> dict:
+    """Train one tier with its resolved ``settings`` (see :func:`tier_settings`) and write its
+    best checkpoint, per-epoch history and MLflow run id."""
+    work = Path(work_dir)
+    fingerprint = _fingerprint(settings, seed, [index, split, stats])
+    fp_file, last = work / "fingerprint", work / "last.ckpt"
+    resume = last.exists() and fp_file.exists() and fp_file.read_text() == fingerprint
+    if not resume and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    fp_file.write_text(fingerprint)
+
+    L.seed_everything(seed, workers=True)
+    dm = LesionDataModule(
+        images,
+        index,
+        split,
+        stats,
+        task=settings["task"],
+        image_size=settings["image_size"],
+        batch_size=settings["batch_size"],
+        num_workers=settings["num_workers"],
+        imbalance=settings["imbalance"],
+        augment=settings["augment"],
+        seed=seed,
+    )
+    class_weights = None
+    if settings["imbalance"] in ("weighted_loss", "both"):
+        counts = np.maximum(dm.class_counts(), 1)
+        class_weights = (counts.sum() / (len(counts) * counts)).tolist()
+    model = LesionClassifier(
+        tier=tier,
+        model=settings["model"],
+        class_names=class_names(settings["task"]),
+        mean=dm.mean,
+        std=dm.std,
+        image_size=settings["image_size"],
+        cache_size=int(np.load(images, mmap_mode="r").shape[1]),
+        lr=settings["lr"],
+        weight_decay=settings["weight_decay"],
+        warmup_epochs=settings["warmup_epochs"],
+        epochs=settings["epochs"],
+        loss=settings["loss"],
+        focal_gamma=settings["focal_gamma"],
+        label_smoothing=settings["label_smoothing"],
+        class_weights=class_weights,
+    )
+
+    monitor = settings["monitor"]
+    history = EpochHistory(work / "history.csv")
+    checkpoint = ModelCheckpoint(dirpath=work, filename="best", monitor=monitor, mode="max", save_last=True)
+    callbacks = [checkpoint, history]
+    if settings["early_stopping_patience"]:
+        callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=settings["early_stopping_patience"]))
+
+    logger, run_id = _mlflow_logger(mlflow_cfg, tier, work)
+    precision = resolve_precision(settings["precision"], settings["accelerator"])
+    devices = settings["devices"]
+    trainer = L.Trainer(
+        accelerator=settings["accelerator"],
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        precision=precision,
+        max_epochs=settings["epochs"],
+        deterministic=True,
+        callbacks=callbacks,
+        logger=logger,
+        default_root_dir=work,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        num_sanity_val_steps=0,
+        limit_train_batches=settings.get("limit_train_batches"),
+    )
+    if resume:
+        done = torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1
+        log.info("resuming %s from %s (epoch %d done)", tier, last, done)
+        history.truncate(done)
+    else:
+        log.info("training %s from scratch (precision %s)", tier, precision)
+    logger.log_hyperparams({"tier": tier, "seed": seed, "precision": precision, **_flatten(settings)})
+    trainer.fit(model, datamodule=dm, ckpt_path=str(last) if resume else None)
+
+    if trainer.global_rank != 0:
+        return {}
+    best = Path(checkpoint.best_model_path or last)
+    with atomic_path(out_ckpt) as tmp:
+        shutil.copyfile(best, tmp)
+    with atomic_path(out_history) as tmp:
+        shutil.copyfile(history.path, tmp)
+    _finish_mlflow(logger, mlflow_cfg, tier, out_ckpt, out_history)
+    with atomic_path(out_run_id) as tmp:
+        tmp.write_text(run_id + "\n")
+    best_score = checkpoint.best_model_score
+    return {"best": float(best_score) if best_score is not None else None, "run_id": run_id}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _mlflow_logger(mlflow_cfg: dict, tier: str, work: Path):
+    """An MLflow logger that reuses the run of an interrupted attempt."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    run_file = work / "mlflow_run_id"
+    logger = MLFlowLogger(
+        experiment_name=mlflow_cfg["experiment"],
+        tracking_uri=tracking_uri(mlflow_cfg),
+        run_name=tier,
+        run_id=run_file.read_text().strip() if run_file.exists() else None,
+        artifact_location=Path(mlflow_cfg["artifact_dir"]).resolve().as_uri(),
+    )
+    run_id = logger.run_id
+    run_file.write_text(run_id)
+    return logger, run_id
+
+
+def tracking_uri(mlflow_cfg: dict) -> str:
+    uri = mlflow_cfg["tracking_uri"]
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path.resolve()}"
+    return uri
+
+
+def _finish_mlflow(logger, mlflow_cfg: dict, tier: str, ckpt: str, history: str) -> None:
+    """Attach the checkpoint and history to the run and register the checkpoint as a model version."""
+    client, run_id = logger.experiment, logger.run_id
+    client.log_artifact(run_id, ckpt, "checkpoint")
+    client.log_artifact(run_id, history, "history")
+    if mlflow_cfg["register"]:
+        from mlflow.exceptions import MlflowException
+
+        name = f"{mlflow_cfg['experiment']}-{tier}"
+        with contextlib.suppress(MlflowException):  # already registered by an earlier run
+            client.create_registered_model(name)
+        source = f"{client.get_run(run_id).info.artifact_uri}/checkpoint"
+        client.create_model_version(name, source=source, run_id=run_id)
+    client.set_terminated(run_id, "FINISHED")
+
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

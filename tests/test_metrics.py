@@ -1,0 +1,82 @@
+"""Metric code against values computed by hand."""
+
+import numpy as np
+import pytest
+
+from skinlesion import CLASSES
+from skinlesion.metrics import (
+    _point_metrics,
+    expected_calibration_error,
+    lesion_bootstrap,
+    sens_spec,
+    threshold_for_sensitivity,
+)
+
+AKIEC, BCC, BKL, DF, MEL, NV, VASC = range(7)
+
+
+def onehotish(pred, conf=0.9):
+    """Probabilities putting ``conf`` on the predicted class and the rest evenly elsewhere."""
+    probs = np.full((len(pred), 7), (1 - conf) / 6)
+    probs[np.arange(len(pred)), pred] = conf
+    return probs
+
+
+def test_balanced_accuracy_is_mean_per_class_recall():
+    # nv: 4 of 4 right; mel: 1 of 2 right; bcc: 0 of 1 right; others absent.
+    y = np.array([NV, NV, NV, NV, MEL, MEL, BCC])
+    pred = np.array([NV, NV, NV, NV, MEL, NV, MEL])
+    m = _point_metrics(y, onehotish(pred), threshold=None)
+    assert m["accuracy"] == pytest.approx(5 / 7)
+    assert m["balanced_accuracy"] == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+def test_threshold_reaches_target_sensitivity_at_the_highest_cut():
+    # 20 malignant scores 0.05, 0.10, ..., 1.00; 95% sensitivity keeps 19 of 20: cut at 0.10.
+    p_mal = np.concatenate([np.arange(1, 21) / 20, np.full(10, 0.07)])
+    y_mal = np.concatenate([np.ones(20), np.zeros(10)])
+    t = threshold_for_sensitivity(y_mal, p_mal, 0.95)
+    assert t == pytest.approx(0.10)
+    sens, spec = sens_spec(y_mal, p_mal, t)
+    assert sens == pytest.approx(19 / 20) and spec == pytest.approx(1.0)
+    # 100% sensitivity must take the lowest malignant score, 0.05, which lets all benign (0.07) through.
+    t_all = threshold_for_sensitivity(y_mal, p_mal, 1.0)
+    assert t_all == pytest.approx(0.05)
+    assert sens_spec(y_mal, p_mal, t_all) == (1.0, 0.0)
+
+
+def test_ece_by_hand():
+    # Two bins used: conf 0.9 with 2 of 3 right, conf 0.6 with 1 of 1 right.
+    probs = np.vstack([onehotish([NV, NV, NV], 0.9), onehotish([MEL], 0.6)])
+    y = np.array([NV, NV, MEL, MEL])
+    expected = 3 / 4 * abs(2 / 3 - 0.9) + 1 / 4 * abs(1.0 - 0.6)
+    assert expected_calibration_error(y, probs) == pytest.approx(expected)
+
+
+def test_bootstrap_resamples_whole_lesions():
+    """One lesion with 9 identical images vs 9 lesions of one image: the CI must see 10 units, not 18."""
+    y = np.array([NV] * 9 + [MEL] * 9)
+    pred = np.array([NV] * 9 + [NV] * 9)  # all of lesion L0 right, all melanomas wrong
+    lesions = np.array(["L0"] * 9 + [f"M{i}" for i in range(9)])
+    res = lesion_bootstrap(y, onehotish(pred), lesions, threshold=None, n_boot=400, seed=1)
+    acc = res["accuracy"]
+    assert acc["value"] == pytest.approx(0.5)
+    # Drawing L0 k times out of 10 units gives accuracy 9k / (9k + (10 - k)); with L0 absent it is 0.
+    assert acc["ci_low"] == pytest.approx(0.0)
+    # k ~ Binomial(10, 0.1): P(k >= 3) = 0.07 but P(k >= 4) = 0.013, so the 97.5th percentile is k = 3.
+    assert acc["ci_high"] == pytest.approx(27 / 34)
+    # An image-level bootstrap would put the lower bound near 0.3; lesion resampling is far wider.
+    image_level = lesion_bootstrap(y, onehotish(pred), np.arange(18).astype(str), threshold=None, n_boot=400, seed=1)
+    assert image_level["accuracy"]["ci_low"] > 0.25
+
+
+def test_bootstrap_is_seeded():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 7, 300)
+    probs = rng.dirichlet(np.ones(7), 300)
+    lesions = (np.arange(300) // 2).astype(str)
+    a = lesion_bootstrap(y, probs, lesions, threshold=0.4, n_boot=50, seed=3)
+    b = lesion_bootstrap(y, probs, lesions, threshold=0.4, n_boot=50, seed=3)
+    assert a == b
+    assert set(a) >= {"balanced_accuracy", "macro_auroc", "malignant_auroc", "malignant_ap", "sensitivity", "ece"}
+    assert len(CLASSES) == 7

@@ -1,0 +1,80 @@
+"""The train rule as Snakemake runs it: MLflow tracking, and resuming a killed job."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT, SNAKEMAKE, run_snakemake, sample_args
+
+TIERS = ("baseline_cnn", "resnet", "transfer")
+
+
+def test_mlflow_holds_each_run_with_params_metrics_and_artifacts(sample_run):
+    results = sample_run / "results"
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    for tier in TIERS:
+        run_id = (results / "models" / tier / "mlflow_run_id.txt").read_text().strip()
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.params["tier"] == tier and run.data.params["epochs"] == "2"
+        assert "model.dropout" in run.data.params and run.data.params["imbalance"] == "sampler"
+        history = client.get_metric_history(run_id, "val/bal_acc")
+        assert len(history) == 2
+        csv = pd.read_csv(results / "models" / tier / "history.csv")
+        assert [round(m.value, 6) for m in sorted(history, key=lambda m: m.step)] == list(csv["val/bal_acc"])
+        artifacts = {a.path for a in client.list_artifacts(run_id, "checkpoint")}
+        assert artifacts == {"checkpoint/best.ckpt"}
+        assert {a.path for a in client.list_artifacts(run_id, "history")} == {"history/history.csv"}
+        versions = client.search_model_versions(f"name='skinlesion-{tier}'")
+        assert any(v.run_id == run_id for v in versions)
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
+    """Kill a real training run mid-way; Snakemake's rerun continues from last.ckpt, not from scratch."""
+    cfg = tmp_path / "longer.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "train": {
+                    "epochs": 40,
+                    "resnet": {"image_size": 48, "model": {"widths": [16, 32, 64], "blocks_per_stage": [1, 1, 1]}},
+                }
+            }
+        )
+    )
+    target = "results/models/resnet/best.ckpt"
+    run_snakemake(tmp_path, *sample_args("--", "results/data/norm_stats.json"))
+    args = [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--cores", "2"]
+    args += [*sample_args(), "--configfile", str(cfg), "--", target]
+    work = tmp_path / "results" / "models" / "resnet" / "work"
+    proc = subprocess.Popen(
+        args, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            history = work / "history.csv"
+            if (work / "last.ckpt").exists() and history.exists() and len(pd.read_csv(history)) >= 3:
+                break
+            assert proc.poll() is None, "training ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            raise AssertionError("no checkpoint within 300 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done_before = len(pd.read_csv(work / "history.csv"))
+    run_id = (work / "mlflow_run_id").read_text()
+    assert not (tmp_path / target).exists() and done_before < 40
+
+    run_snakemake(tmp_path, *sample_args("--rerun-incomplete"), "--configfile", str(cfg), "--", target)
+    log = (tmp_path / "results" / "logs" / "train" / "resnet.log").read_text()
+    assert "resuming resnet from" in log and "from scratch" not in log
+    history = pd.read_csv(tmp_path / "results" / "models" / "resnet" / "history.csv")
+    assert list(history["epoch"]) == list(range(40))
+    assert (tmp_path / "results" / "models" / "resnet" / "mlflow_run_id.txt").read_text().strip() == run_id
