@@ -33,7 +33,8 @@ def main() -> None:
             times.append(time.perf_counter() - start)
             print(f"run {len(times)}: {times[-1]:.1f} s", flush=True)
     print(
-        f"data stage on {data_dir} with {args.cores} cores: median {statistics.median(times):.1f} s over {len(times)} runs"
+        f"data stage on {data_dir} with {args.cores} cores: "
+        f"median {statistics.median(times):.1f} s over {len(times)} runs"
     )
 
 

@@ -121,7 +121,8 @@ def main() -> None:
         print(json.dumps(measure(args.one, Path(args.data), args.batches, args.warmup, overrides)))
         return
     print(
-        f"{'tier':14s} {'size':>4s} {'precision':>10s} {'workers':>7s} {'img/s':>7s} {'data wait %':>11s} {'peak MB':>8s}"
+        f"{'tier':14s} {'size':>4s} {'precision':>10s} {'workers':>7s} "
+        f"{'img/s':>7s} {'data wait %':>11s} {'peak MB':>8s}"
     )
     for tier in args.tiers:
         cmd = [sys.executable, __file__, "--one", tier, "--data", args.data, "--batches", str(args.batches)]

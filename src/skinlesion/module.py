@@ -114,9 +114,8 @@ class LesionClassifier(L.LightningModule):
         self.val_metrics.update(probs[:, 1] if self.binary else probs, y)
         if not self.binary:
             self._malignant_scores.append(self.p_malignant(probs))
-            self._malignant_labels.append(
-                torch.isin(y, torch.tensor([CLASSES.index(c) for c in MALIGNANT], device=y.device))
-            )
+            malignant = torch.tensor([CLASSES.index(c) for c in MALIGNANT], device=y.device)
+            self._malignant_labels.append(torch.isin(y, malignant))
 
     def on_validation_epoch_start(self):
         self._malignant_scores, self._malignant_labels = [], []
