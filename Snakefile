@@ -11,13 +11,12 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:
     input:
-        DATA_OUTPUTS,
-        TRAIN_OUTPUTS,
-        EVAL_OUTPUTS,
+        "results/report.html",
     default_target: True
 
 

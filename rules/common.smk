@@ -21,6 +21,7 @@ from skinlesion.config import check_config, data_files, tier_settings  # noqa: E
 check_config(config)
 
 FILES = data_files(config)
+RESULTS = "results"
 RAW = "results/raw"
 DATA = "results/data"
 LOGS = "results/logs"
@@ -28,6 +29,8 @@ MODELS = "results/models"
 FIGURES = "results/figures"
 METRICS = "results/metrics"
 PREDICTIONS = "results/predictions"
+BENCHMARKS = "results/benchmarks"
+TIERS = config["train"]["tiers"]
 
 # The preprocessed cache every training and evaluation job reads.
 CACHE = {
@@ -46,11 +49,11 @@ DATA_OUTPUTS = [
     f"{DATA}/norm_stats.json",
 ]
 TRAIN_OUTPUTS = [f"{FIGURES}/augment_preview.png"] + [
-    f"{MODELS}/{tier}/best.ckpt" for tier in config["train"]["tiers"]
+    f"{MODELS}/{tier}/best.ckpt" for tier in TIERS
 ]
 EVAL_OUTPUTS = [
     f"{FIGURES}/{tier}/{name}.png"
-    for tier in config["train"]["tiers"]
+    for tier in TIERS
     for name in ("confusion", "roc", "reliability")
 ]
 

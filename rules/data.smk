@@ -10,6 +10,8 @@ rule download:
         dataverse=config["dataverse"],
     wildcard_constraints:
         file="|".join(map(re.escape, FILES)),
+    benchmark:
+        f"{BENCHMARKS}/download/{{file}}.tsv",
     log:
         f"{LOGS}/download/{{file}}.log",
     conda:
@@ -25,6 +27,8 @@ rule checksum:
         f"{DATA}/checksums.csv",
     params:
         expected={name: {"size": s.size, "md5": s.md5} for name, s in FILES.items()},
+    benchmark:
+        f"{BENCHMARKS}/checksum.tsv",
     log:
         f"{LOGS}/checksum.log",
     conda:
@@ -48,6 +52,8 @@ rule preprocess:
     threads: 2
     resources:
         mem_mb=4000,
+    benchmark:
+        f"{BENCHMARKS}/preprocess.tsv",
     log:
         f"{LOGS}/preprocess.log",
     conda:
@@ -65,6 +71,8 @@ rule split:
     params:
         ratios=config["split"]["ratios"],
         seed=config["seed"],
+    benchmark:
+        f"{BENCHMARKS}/split.tsv",
     log:
         f"{LOGS}/split.log",
     conda:
@@ -80,6 +88,8 @@ rule channel_stats:
         split=f"{DATA}/split.csv",
     output:
         f"{DATA}/norm_stats.json",
+    benchmark:
+        f"{BENCHMARKS}/channel_stats.tsv",
     log:
         f"{LOGS}/channel_stats.log",
     conda:

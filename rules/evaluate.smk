@@ -14,10 +14,12 @@ rule evaluate:
         n_boot=config["evaluate"]["n_boot"],
         seed=config["seed"],
     wildcard_constraints:
-        tier="|".join(config["train"]["tiers"]),
+        tier="|".join(TIERS),
     threads: workflow.cores
     resources:
         mem_mb=4000,
+    benchmark:
+        f"{BENCHMARKS}/evaluate/{{tier}}.tsv",
     log:
         f"{LOGS}/evaluate/{{tier}}.log",
     conda:
@@ -49,6 +51,8 @@ rule evaluation_figures:
             category="Evaluation",
             subcategory="{tier}",
         ),
+    benchmark:
+        f"{BENCHMARKS}/evaluation_figures/{{tier}}.tsv",
     log:
         f"{LOGS}/evaluation_figures/{{tier}}.log",
     conda:

@@ -11,8 +11,10 @@ rule augment_preview:
             category="Data",
         ),
     params:
-        settings=tier_settings(config["train"], config["train"]["tiers"][0]),
+        settings=tier_settings(config["train"], TIERS[0]),
         seed=config["seed"],
+    benchmark:
+        f"{BENCHMARKS}/augment_preview.tsv",
     log:
         f"{LOGS}/augment_preview.log",
     conda:
@@ -34,12 +36,14 @@ rule train:
         mlflow=config["mlflow"],
         work_dir=lambda wc: f"{MODELS}/{wc.tier}/work",
     wildcard_constraints:
-        tier="|".join(config["train"]["tiers"]),
+        tier="|".join(TIERS),
     threads: workflow.cores
     resources:
         gpu=lambda wc: TRAIN_GPUS,
         mem_mb=config["train"]["mem_mb"],
         runtime=config["train"]["runtime"],
+    benchmark:
+        f"{BENCHMARKS}/train/{{tier}}.tsv",
     log:
         f"{LOGS}/train/{{tier}}.log",
     conda:

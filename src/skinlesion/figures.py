@@ -124,3 +124,26 @@ def evaluation_figures(predictions_csv, metrics_json, out_confusion, out_roc, ou
     ax.set_title(f"{tier}: reliability (ECE {ece['value']:.3f})", fontsize=10)
     ax.legend(fontsize=8)
     save(fig, out_reliability)
+
+
+def training_curves(histories: dict[str, str], out_png) -> None:
+    """Per-tier training loss and validation metrics by epoch."""
+    import pandas as pd
+
+    panels = [
+        ("train/loss", "training loss"),
+        ("val/loss", "validation loss"),
+        ("val/bal_acc", "validation balanced accuracy"),
+        ("val/malignant_auroc", "validation malignant AUROC"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    for tier, path in histories.items():
+        history = pd.read_csv(path)
+        for ax, (column, title) in zip(axes, panels, strict=True):
+            if column in history:
+                ax.plot(history["epoch"] + 1, history[column], marker=".", label=tier)
+                ax.set_title(title, fontsize=10)
+                ax.set_xlabel("epoch")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    save(fig, out_png)

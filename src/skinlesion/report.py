@@ -1,0 +1,207 @@
+"""The comparison table across tiers and the one self-contained report, ``results/report.html``."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from skinlesion.io import atomic_path
+
+# Published results, shown beside ours with the caveats a reader needs to compare them fairly.
+ANCHORS = [
+    {
+        "model": "ISIC 2018 Task 3 leaderboard, top entry",
+        "balanced_accuracy": 0.885,
+        "caveat": "ISIC 2018 test set (1,512 images), trained with external data, full resolution, ensembles",
+    },
+    {
+        "model": "MedMNIST v2 DermaMNIST, ResNet-18 (28 px)",
+        "accuracy": 0.735,
+        "macro_auroc": 0.917,
+        "caveat": "image-level split of HAM10000: images of one lesion sit in train and test (leaks); 28x28 px",
+    },
+]
+
+COLUMNS = [
+    "balanced_accuracy",
+    "accuracy",
+    "macro_f1",
+    "macro_auroc",
+    "malignant_auroc",
+    "malignant_ap",
+    "sensitivity",
+    "specificity",
+    "ece",
+]
+PACKAGES = ["torch", "torchvision", "timm", "lightning", "torchmetrics", "numpy", "pandas", "scikit-learn", "snakemake"]
+
+
+def comparison_table(metrics_files: list[str], histories: list[str], out_csv: str | os.PathLike) -> pd.DataFrame:
+    """One row per tier (value and 95% CI of each metric), then the published anchors."""
+    rows = []
+    for metrics_file, history_file in zip(metrics_files, histories, strict=True):
+        result = json.loads(Path(metrics_file).read_text())
+        history = pd.read_csv(history_file)
+        row = {
+            "model": result["tier"],
+            "image_size": result["image_size"],
+            "epochs": len(history),
+            "train_minutes": round(history["time/train_epoch_s"].sum() / 60, 1),
+        }
+        for key in COLUMNS:
+            m = result["test"]["metrics"].get(key)
+            row[key] = round(m["value"], 4) if m else None
+            row[f"{key}_ci"] = f"{m['ci_low']:.3f}-{m['ci_high']:.3f}" if m else None
+        row["caveat"] = f"this pipeline: lesion-grouped test split, {result['test']['n_images']} images"
+        rows.append(row)
+    table = pd.DataFrame(rows + ANCHORS)
+    with atomic_path(out_csv) as tmp:
+        table.to_csv(tmp, index=False, lineterminator="\n")
+    return table
+
+
+def _img(path: str | os.PathLike) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def provenance(config: dict, workflow_dir: str | os.PathLike, checksums_csv: str | os.PathLike) -> dict:
+    """Where the results came from: commit, config hash, seed, versions, hardware, data checksums."""
+    import torch
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=workflow_dir, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    commit = git("rev-parse", "HEAD")
+    if commit != "unknown" and git("status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    cpu = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        cpu = names[0] if names else cpu
+    return {
+        "git_commit": commit,
+        "config_sha256": config_hash(config),
+        "seed": config["seed"],
+        "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "packages": {p: _version(p) for p in PACKAGES},
+        "platform": platform.platform(),
+        "cpu": f"{cpu}, {os.cpu_count()} logical cores",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "data_checksums": pd.read_csv(checksums_csv).to_dict("records"),
+    }
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def rule_runtimes(benchmark_dir: str | os.PathLike) -> pd.DataFrame:
+    """Wall time and peak memory of every job, from Snakemake's benchmark files."""
+    rows = []
+    for path in sorted(Path(benchmark_dir).rglob("*.tsv")):
+        bench = pd.read_csv(path, sep="\t")
+        job = str(path.relative_to(benchmark_dir).with_suffix(""))
+        rows.append({"job": job, "seconds": round(float(bench["s"].iloc[0]), 1), "max_rss_mb": bench["max_rss"].iloc[0]})
+    return pd.DataFrame(rows, columns=["job", "seconds", "max_rss_mb"])
+
+
+def build_report(
+    *,
+    out_html: str | os.PathLike,
+    config: dict,
+    workflow_dir: str,
+    checksums: str,
+    split_counts: str,
+    skipped: str,
+    augment_preview: str,
+    training_curves: str,
+    comparison: str,
+    metrics: dict[str, str],
+    figures: dict[str, dict[str, str]],
+    error_analysis: str | None,
+    external: dict[str, str] | None,
+    benchmark_dir: str,
+) -> None:
+    """Render every table and figure into one self-contained HTML page (images inlined)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("skinlesion", "templates"), autoescape=select_autoescape())
+
+    def table(frame: pd.DataFrame) -> str:
+        return frame.to_html(index=False, classes="table", border=0, na_rep="", float_format=lambda v: f"{v:.3f}")
+
+    tiers = []
+    for tier, metrics_file in metrics.items():
+        result = json.loads(Path(metrics_file).read_text())
+        per_class = pd.DataFrame(result["test"]["per_class"]).T.reset_index(names="class")
+        scalar = pd.DataFrame(
+            [{"metric": k, "value": v["value"], "95% CI": f"{v['ci_low']:.3f}-{v['ci_high']:.3f}"}
+             for k, v in result["test"]["metrics"].items()]
+        )
+        tiers.append(
+            {
+                "name": tier,
+                "result": result,
+                "scalar": table(scalar),
+                "per_class": table(per_class),
+                "figures": {name: _img(path) for name, path in figures[tier].items()},
+            }
+        )
+    external_tables = {}
+    for tier, path in (external or {}).items():
+        ext = json.loads(Path(path).read_text())
+        external_tables[tier] = table(
+            pd.DataFrame(
+                [{"metric": k, "value": v["value"], "95% CI": f"{v['ci_low']:.3f}-{v['ci_high']:.3f}"}
+                 for k, v in ext["metrics"].items()]
+            )
+        )
+    comparison_frame = pd.read_csv(comparison)
+    skipped_frame = pd.read_csv(skipped)
+    html = env.get_template("report.html.j2").render(
+        title="skinlesion report",
+        provenance=provenance(config, workflow_dir, checksums),
+        config_yaml=_yaml(config),
+        checksums=table(pd.read_csv(checksums)),
+        split_counts=table(pd.read_csv(split_counts)),
+        n_skipped=len(skipped_frame),
+        skipped=table(skipped_frame) if len(skipped_frame) else "",
+        augment_preview=_img(augment_preview),
+        training_curves=_img(training_curves),
+        comparison=table(comparison_frame),
+        tiers=tiers,
+        external=external_tables,
+        error_analysis=Path(error_analysis).read_text() if error_analysis else "",
+        runtimes=table(rule_runtimes(benchmark_dir)),
+    )
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(html)
+
+
+def _yaml(config: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False)
