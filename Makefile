@@ -2,9 +2,12 @@
 #   make demo   create .venv, install the pinned dependencies, run the workflow on the bundled sample
 #   make test   the same set-up, then the test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
+PYTHON := $(PYTHON)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Rules that run shell commands (nbconvert) find the environment's executables, as if activated.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: venv demo test test-all lint clean
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 validate(config, schema="../schemas/config.schema.yaml")
 
-from skinlesion.config import check_config, data_files, tier_settings  # noqa: E402
+from skinlesion.config import ConfigError, check_config, data_files, tier_settings  # noqa: E402
 
 check_config(config)
 
@@ -58,9 +58,30 @@ EVAL_OUTPUTS = [
 ]
 
 
-def file_spec(wildcards):
-    return asdict(FILES[wildcards.file])
-
-
 def raw(name):
     return f"{RAW}/{name}"
+
+
+def external_test():
+    """Images and ground truth of the external test set, or None when none is configured."""
+    folder = config.get("external_test_dir")
+    if folder:
+        folder = Path(folder)
+        truth = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".csv", ".tab"))
+        if len(truth) != 1:
+            raise ConfigError(f"external_test_dir: {folder} must hold exactly one ground-truth CSV, found {len(truth)}")
+        archive = folder / "ISIC2018_Task3_Test_Images.zip"
+        return {"images": str(archive if archive.exists() else folder), "ground_truth": str(truth[0])}
+    if config["external_test"]["download"] and not config.get("data_dir"):
+        return {
+            "images": raw("ISIC2018_Task3_Test_Images.zip"),
+            "ground_truth": raw("ISIC2018_Task3_Test_GroundTruth.csv"),
+        }
+    return None
+
+
+EXTERNAL = external_test()
+
+
+def file_spec(wildcards):
+    return asdict(FILES[wildcards.file])

@@ -59,3 +59,29 @@ rule evaluation_figures:
         "../envs/torch.yaml"
     script:
         "../scripts/evaluation_figures.py"
+
+
+rule evaluate_external:
+    input:
+        ckpt=f"{MODELS}/{{tier}}/best.ckpt",
+        internal=f"{METRICS}/{{tier}}.json",
+        images=EXTERNAL["images"] if EXTERNAL else [],
+        ground_truth=EXTERNAL["ground_truth"] if EXTERNAL else [],
+    output:
+        metrics=f"{METRICS}/{{tier}}_external.json",
+        predictions=f"{PREDICTIONS}/{{tier}}_external.csv",
+    params:
+        tta=config["evaluate"]["tta"],
+        n_boot=config["evaluate"]["n_boot"],
+        seed=config["seed"],
+    wildcard_constraints:
+        tier="|".join(TIERS),
+    threads: workflow.cores
+    benchmark:
+        f"{BENCHMARKS}/evaluate_external/{{tier}}.tsv"
+    log:
+        f"{LOGS}/evaluate_external/{{tier}}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/evaluate_external.py"

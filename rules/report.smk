@@ -48,6 +48,7 @@ rule report:
         reliability=expand(f"{FIGURES}/{{tier}}/reliability.png", tier=TIERS),
         error_analysis=f"{RESULTS}/error_analysis/highlights.html",
         error_analysis_html=f"{RESULTS}/error_analysis/error_analysis.html",
+        external=expand(f"{METRICS}/{{tier}}_external.json", tier=TIERS) if EXTERNAL else [],
     output:
         "results/report.html",
     params:

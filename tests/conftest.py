@@ -25,7 +25,9 @@ def need(path: Path) -> Path:
 def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run the project's workflow with ``workdir`` as its working directory."""
     cmd = [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    # Shell rules (nbconvert) need the environment's executables, as in an activated venv.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -49,9 +51,30 @@ def sample_args(*extra: str) -> list[str]:
     return ["--configfile", str(SAMPLE_CONFIG), "--config", f"data_dir={SAMPLE}", *extra]
 
 
+def external_test_dir(dest: Path, form: str = "metadata") -> Path:
+    """An external test folder from the 600x450 HAM10000 images: the images and one ground truth."""
+    import pandas as pd
+
+    source = need(FULLRES)
+    images = dest / "images"
+    images.mkdir(parents=True)
+    for jpg in source.glob("*.jpg"):
+        (images / jpg.name).write_bytes(jpg.read_bytes())
+    meta = pd.read_csv(source / "metadata.csv")
+    if form == "metadata":
+        meta.to_csv(dest / "ground_truth.csv", index=False)
+    else:
+        onehot = pd.DataFrame({"image": meta["image_id"]})
+        for name in ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"):
+            onehot[name] = (meta["dx"].str.upper() == name).astype(float)
+        onehot.to_csv(dest / "ground_truth.csv", index=False)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def sample_run(tmp_path_factory) -> Path:
-    """The whole workflow run once by Snakemake on the bundled sample."""
+    """The whole workflow run once by Snakemake on the bundled sample, with an external test set."""
     workdir = tmp_path_factory.mktemp("sample_run")
-    run_snakemake(workdir, *sample_args())
+    external = external_test_dir(tmp_path_factory.mktemp("external"))
+    run_snakemake(workdir, *sample_args(f"external_test_dir={external}"))
     return workdir

@@ -35,6 +35,13 @@ def _make_sample(args: argparse.Namespace) -> None:
     print(f"{args.out}: {len(subset)} images of {subset['lesion_id'].nunique()} lesions")
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from skinlesion.evaluate import predict_images
+
+    table = predict_images(args.checkpoint, args.images, args.out, batch_size=args.batch_size, tta=args.tta)
+    print(f"{args.out}: {len(table)} images")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skinlesion", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lesions-per-class", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_make_sample)
+    p = sub.add_parser("predict", help="class and malignancy probabilities for a folder or zip of images")
+    p.add_argument("--checkpoint", required=True, help="a best.ckpt written by the train rule")
+    p.add_argument("--images", required=True, help="a folder of JPEG/PNG images, or a zip of them")
+    p.add_argument("--out", required=True, help="output CSV: image_id, akiec..vasc, p_malignant, dx")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--tta", action="store_true", help="average over the 8 flips/90-degree rotations")
+    p.set_defaults(func=_predict)
     return parser
 
 

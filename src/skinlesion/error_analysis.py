@@ -27,7 +27,9 @@ def confused_pairs(preds: pd.DataFrame, k: int = 8) -> pd.DataFrame:
     pairs = errors.groupby(["true_dx", "dx"]).size().rename("count").reset_index()
     pairs["share_of_true_class"] = pairs["count"] / pairs["true_dx"].map(preds["true_dx"].value_counts())
     pairs = pairs.rename(columns={"dx": "predicted_dx"})
-    return pairs.sort_values(["count", "true_dx"], ascending=[False, True], kind="stable").head(k).reset_index(drop=True)
+    return (
+        pairs.sort_values(["count", "true_dx"], ascending=[False, True], kind="stable").head(k).reset_index(drop=True)
+    )
 
 
 def subgroup_metrics(preds: pd.DataFrame, index: pd.DataFrame, threshold: float) -> pd.DataFrame:

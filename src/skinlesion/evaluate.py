@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -137,6 +138,132 @@ def evaluate_tier(
         "test": metrics_from_predictions(test, threshold=threshold, n_boot=n_boot, seed=seed),
     }
     write_csv(test, out_predictions)
+    with atomic_path(out_metrics) as tmp:
+        tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def iter_images(path: str | os.PathLike):
+    """(image_id, bytes) for every JPEG/PNG in a folder (recursively) or a zip, sorted by name."""
+    import zipfile
+    from pathlib import Path
+
+    path = Path(path)
+    suffixes = (".jpg", ".jpeg", ".png")
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = sorted(n for n in zf.namelist() if n.lower().endswith(suffixes) and "__MACOSX" not in n)
+            for name in names:
+                yield Path(name).stem, zf.read(name)
+    elif path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes):
+            yield file.stem, file.read_bytes()
+    else:
+        raise FileNotFoundError(f"{path}: neither a folder of images nor a zip archive")
+
+
+def predict_images(
+    checkpoint: str | os.PathLike,
+    images: str | os.PathLike,
+    out_csv: str | os.PathLike | None = None,
+    *,
+    batch_size: int = 64,
+    tta: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """``skinlesion predict``: probabilities for a folder or zip of images, preprocessed as in training.
+
+    Each image is centre-cropped and resized to the checkpoint's cache size exactly as the
+    preprocess rule did, then resized to the network input size, so the same image gives the
+    same probabilities here as in the evaluate rule.
+    """
+    from tqdm.auto import tqdm
+
+    from skinlesion.preprocess import load_square
+
+    model = load_classifier(checkpoint)
+    size = model.hparams.cache_size
+    ids, probs, batch = [], [], []
+
+    def flush():
+        if batch:
+            probs.append(predict_array(model, np.stack(batch), batch_size=batch_size, tta=tta))
+            batch.clear()
+
+    for image_id, data in tqdm(iter_images(images), desc="predict", unit="img", disable=not progress):
+        try:
+            batch.append(load_square(data, size))
+        except OSError as exc:
+            raise ValueError(f"{images}: cannot decode {image_id}: {exc}") from exc
+        ids.append(image_id)
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    if not ids:
+        raise ValueError(f"{images}: no .jpg/.jpeg/.png images found")
+    table = probability_table(model, np.concatenate(probs), ids)
+    if out_csv is not None:
+        write_csv(table, out_csv)
+    return table
+
+
+ONE_HOT = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+
+
+def read_ground_truth(path: str | os.PathLike) -> pd.DataFrame:
+    """image_id and true_dx from ISIC 2018 Task 3 ground truth in either published form.
+
+    Dataverse's metadata form has ``image_id, dx, ...``; the challenge's one-hot form has
+    ``image, MEL, NV, BCC, AKIEC, BKL, DF, VASC``.
+    """
+    gt = pd.read_csv(path, sep=None, engine="python")
+    if {"image_id", "dx"} <= set(gt.columns):
+        out = gt[["image_id", "dx"]].rename(columns={"dx": "true_dx"})
+    elif {"image", *ONE_HOT} <= set(gt.columns):
+        onehot = gt[ONE_HOT].to_numpy()
+        if not np.allclose(onehot.sum(axis=1), 1.0):
+            bad = gt.loc[~np.isclose(onehot.sum(axis=1), 1.0), "image"].tolist()[:5]
+            raise ValueError(f"{path}: one-hot rows must sum to 1; not so for {bad}")
+        out = pd.DataFrame({"image_id": gt["image"], "true_dx": [ONE_HOT[i].lower() for i in onehot.argmax(axis=1)]})
+    else:
+        raise ValueError(
+            f"{path}: unrecognised ground truth; expected columns image_id,dx,... (Dataverse) or "
+            f"image,{','.join(ONE_HOT)} (ISIC 2018 challenge); found {', '.join(gt.columns)}"
+        )
+    unknown = ~out["true_dx"].isin(CLASSES)
+    if unknown.any():
+        raise ValueError(f"{path}: unknown diagnoses {sorted(set(out.loc[unknown, 'true_dx']))}")
+    return out.reset_index(drop=True)
+
+
+def evaluate_external(
+    checkpoint: str,
+    images: str,
+    ground_truth: str,
+    internal_metrics: str,
+    out_metrics: str | os.PathLike,
+    out_predictions: str | os.PathLike,
+    *,
+    tta: bool,
+    n_boot: int,
+    seed: int,
+) -> dict:
+    """An external test set, at the operating threshold chosen on the internal validation split.
+
+    The one-hot challenge ground truth carries no lesion ids, so external confidence intervals
+    resample images (for either ground-truth form, which therefore give identical metrics).
+    """
+    gt = read_ground_truth(ground_truth)
+    preds = predict_images(checkpoint, images, tta=tta, progress=False)
+    missing = sorted(set(gt["image_id"]) - set(preds["image_id"]))
+    if missing:
+        raise ValueError(f"{images}: no image for {len(missing)} ground-truth row(s), e.g. {missing[:5]}")
+    preds = gt.merge(preds, on="image_id", how="left", validate="one_to_one")
+    preds.insert(1, "lesion_id", preds["image_id"])
+    threshold = json.loads(Path(internal_metrics).read_text())["test"]["threshold"]
+    result = metrics_from_predictions(preds, threshold=threshold, n_boot=n_boot, seed=seed)
+    result["bootstrap_unit"] = "image"
+    write_csv(preds, out_predictions)
     with atomic_path(out_metrics) as tmp:
         tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result

@@ -124,7 +124,9 @@ def rule_runtimes(benchmark_dir: str | os.PathLike) -> pd.DataFrame:
     for path in sorted(Path(benchmark_dir).rglob("*.tsv")):
         bench = pd.read_csv(path, sep="\t")
         job = str(path.relative_to(benchmark_dir).with_suffix(""))
-        rows.append({"job": job, "seconds": round(float(bench["s"].iloc[0]), 1), "max_rss_mb": bench["max_rss"].iloc[0]})
+        rows.append(
+            {"job": job, "seconds": round(float(bench["s"].iloc[0]), 1), "max_rss_mb": bench["max_rss"].iloc[0]}
+        )
     return pd.DataFrame(rows, columns=["job", "seconds", "max_rss_mb"])
 
 
@@ -158,8 +160,10 @@ def build_report(
         result = json.loads(Path(metrics_file).read_text())
         per_class = pd.DataFrame(result["test"]["per_class"]).T.reset_index(names="class")
         scalar = pd.DataFrame(
-            [{"metric": k, "value": v["value"], "95% CI": f"{v['ci_low']:.3f}-{v['ci_high']:.3f}"}
-             for k, v in result["test"]["metrics"].items()]
+            [
+                {"metric": k, "value": v["value"], "95% CI": f"{v['ci_low']:.3f}-{v['ci_high']:.3f}"}
+                for k, v in result["test"]["metrics"].items()
+            ]
         )
         tiers.append(
             {
@@ -175,8 +179,10 @@ def build_report(
         ext = json.loads(Path(path).read_text())
         external_tables[tier] = table(
             pd.DataFrame(
-                [{"metric": k, "value": v["value"], "95% CI": f"{v['ci_low']:.3f}-{v['ci_high']:.3f}"}
-                 for k, v in ext["metrics"].items()]
+                [
+                    {"metric": k, "value": v["value"], "95% CI": f"{v['ci_low']:.3f}-{v['ci_high']:.3f}"}
+                    for k, v in ext["metrics"].items()
+                ]
             )
         )
     comparison_frame = pd.read_csv(comparison)

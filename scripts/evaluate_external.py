@@ -1,0 +1,18 @@
+import torch
+
+from skinlesion.evaluate import evaluate_external
+from skinlesion.logs import log_to
+
+torch.set_num_threads(snakemake.threads)
+with log_to(snakemake.log[0]):
+    evaluate_external(
+        snakemake.input.ckpt,
+        snakemake.input.images,
+        snakemake.input.ground_truth,
+        snakemake.input.internal,
+        snakemake.output.metrics,
+        snakemake.output.predictions,
+        tta=snakemake.params.tta,
+        n_boot=snakemake.params.n_boot,
+        seed=snakemake.params.seed,
+    )

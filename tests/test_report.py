@@ -1,0 +1,52 @@
+"""results/report.html renders in headless Chromium: every section, every image, no console error."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+SECTIONS = ["summary", "data", "augmentation", "training", "comparison", "external", "errors", "provenance"]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is missing; .ci/run installs it")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return path
+
+
+def test_report_renders_every_section_without_errors(sample_run):
+    from playwright.sync_api import sync_playwright
+
+    report = sample_run / "results" / "report.html"
+    html = report.read_text()
+    assert "http://" not in html.replace("http://www.w3.org", "") and "<script" not in html  # self-contained
+    errors, failed = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium(),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("requestfailed", lambda req: failed.append(req.url))
+        page.goto(report.as_uri(), wait_until="load")
+        for section in SECTIONS + ["tier-baseline_cnn", "tier-resnet", "tier-transfer"]:
+            assert page.locator(f"section#{section}").is_visible(), section
+        broken = page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt)")
+        n_images = page.evaluate("document.images.length")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        external = page.locator("section#external").inner_text()
+        browser.close()
+    assert broken == [] and n_images >= 3 * 3 + 3
+    assert errors == [] and failed == []
+    assert "malignant_auroc" in external
+    assert Path(ARTIFACTS / "report.png").stat().st_size > 50_000
