@@ -46,9 +46,13 @@ def mirror_run(tmp_path_factory, mirror) -> Path:
     return workdir
 
 
-def sample_args(*extra: str) -> list[str]:
-    """Snakemake arguments for the bundled sample with its small training settings."""
-    return ["--configfile", str(SAMPLE_CONFIG), "--config", f"data_dir={SAMPLE}", *extra]
+def sample_args(*extra: str, configfiles: tuple = ()) -> list[str]:
+    """Snakemake arguments for the bundled sample with its small training settings.
+
+    ``extra`` continues the ``--config`` list (key=value) or starts new options; further
+    config files go in ``configfiles`` (a second --configfile would replace the first).
+    """
+    return ["--configfile", str(SAMPLE_CONFIG), *map(str, configfiles), "--config", f"data_dir={SAMPLE}", *extra]
 
 
 def external_test_dir(dest: Path, form: str = "metadata") -> Path:
@@ -75,6 +79,11 @@ def external_test_dir(dest: Path, form: str = "metadata") -> Path:
 def sample_run(tmp_path_factory) -> Path:
     """The whole workflow run once by Snakemake on the bundled sample, with an external test set."""
     workdir = tmp_path_factory.mktemp("sample_run")
-    external = external_test_dir(tmp_path_factory.mktemp("external"))
-    run_snakemake(workdir, *sample_args(f"external_test_dir={external}"))
+    external_test_dir(workdir / "external")
+    run_snakemake(workdir, *sample_run_args(workdir))
     return workdir
+
+
+def sample_run_args(workdir: Path, *extra: str, configfiles: tuple = ()) -> list[str]:
+    """The arguments the ``sample_run`` fixture ran with (its external test set included)."""
+    return sample_args(f"external_test_dir={workdir / 'external'}", *extra, configfiles=configfiles)

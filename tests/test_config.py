@@ -54,3 +54,25 @@ def test_mirror_without_md5sums_is_rejected(tmp_path):
         from skinlesion.config import data_files
 
         data_files(load_config(ROOT / "workflow_config.yaml", {"data_dir": str(tmp_path)}))
+
+
+def test_tier_block_overrides_shared_settings():
+    from skinlesion.config import tier_settings
+
+    train = load_config(ROOT / "workflow_config.yaml")["train"]
+    resnet = tier_settings(train, "resnet")
+    assert resnet["image_size"] == train["resnet"]["image_size"]
+    assert resnet["lr"] == train["lr"] and resnet["augment"] == train["augment"]
+    assert "tiers" not in resnet and "baseline_cnn" not in resnet
+
+
+def test_train_jobs_request_gpus_from_the_config(tmp_path):
+    def dry(extra: dict) -> str:
+        cfg = tmp_path / "cfg.yaml"
+        cfg.write_text(yaml.safe_dump({"data_dir": str(SAMPLE), **extra}))
+        proc = run_snakemake(tmp_path, "-n", "--configfile", str(cfg), "--", "results/models/resnet/best.ckpt")
+        return proc.stdout + proc.stderr
+
+    assert "gpu=1," in dry({})
+    assert "gpu=2," in dry({"train": {"devices": 2}})
+    assert "gpu=0," in dry({"train": {"accelerator": "cpu"}})

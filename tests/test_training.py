@@ -41,8 +41,11 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
         yaml.safe_dump(
             {
                 "train": {
-                    "epochs": 40,
-                    "resnet": {"image_size": 48, "model": {"widths": [16, 32, 64], "blocks_per_stage": [1, 1, 1]}},
+                    "resnet": {
+                        "epochs": 40,
+                        "image_size": 48,
+                        "model": {"widths": [16, 32, 64], "blocks_per_stage": [1, 1, 1]},
+                    },
                 }
             }
         )
@@ -50,7 +53,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     target = "results/models/resnet/best.ckpt"
     run_snakemake(tmp_path, *sample_args("--", "results/data/norm_stats.json"))
     args = [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--cores", "2"]
-    args += [*sample_args(), "--configfile", str(cfg), "--", target]
+    args += [*sample_args("--", target, configfiles=(cfg,))]
     work = tmp_path / "results" / "models" / "resnet" / "work"
     proc = subprocess.Popen(
         args, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -66,13 +69,16 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
         else:
             raise AssertionError("no checkpoint within 300 s")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     done_before = len(pd.read_csv(work / "history.csv"))
     run_id = (work / "mlflow_run_id").read_text()
     assert not (tmp_path / target).exists() and done_before < 40
 
-    run_snakemake(tmp_path, *sample_args("--rerun-incomplete"), "--configfile", str(cfg), "--", target)
+    # As after any killed run: release Snakemake's lock, then rerun the incomplete job.
+    run_snakemake(tmp_path, "--unlock", *sample_args(configfiles=(cfg,)))
+    run_snakemake(tmp_path, *sample_args("--rerun-incomplete", "--", target, configfiles=(cfg,)))
     log = (tmp_path / "results" / "logs" / "train" / "resnet.log").read_text()
     assert "resuming resnet from" in log and "from scratch" not in log
     history = pd.read_csv(tmp_path / "results" / "models" / "resnet" / "history.csv")

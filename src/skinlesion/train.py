@@ -158,7 +158,11 @@ def train_tier(
 
     monitor = settings["monitor"]
     history = EpochHistory(work / "history.csv")
-    checkpoint = ModelCheckpoint(dirpath=work, filename="best", monitor=monitor, mode="max", save_last=True)
+    # Saved at the end of each training epoch, after EpochHistory has written that epoch's row
+    # (Lightning runs checkpoint callbacks last), so a kill never leaves last.ckpt ahead of the history.
+    checkpoint = ModelCheckpoint(
+        dirpath=work, filename="best", monitor=monitor, mode="max", save_last=True, save_on_train_epoch_end=True
+    )
     callbacks = [checkpoint, history]
     if settings["early_stopping_patience"]:
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=settings["early_stopping_patience"]))
