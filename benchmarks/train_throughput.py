@@ -25,35 +25,13 @@ def measure(tier: str, data: Path, batches: int, warmup: int, overrides: dict) -
     from lightning.pytorch.callbacks import Callback
 
     from skinlesion.config import load_config, tier_settings
-    from skinlesion.datamodule import LesionDataModule, class_names
-    from skinlesion.module import LesionClassifier
-    from skinlesion.train import resolve_precision
+    from skinlesion.train import build, resolve_precision
 
     config = load_config()
     settings = {**tier_settings(config["train"], tier), **overrides}
     L.seed_everything(0, workers=True)
-    dm = LesionDataModule(
-        str(data / "images.npy"),
-        str(data / "index.csv"),
-        str(data / "split.csv"),
-        str(data / "norm_stats.json"),
-        task=settings["task"],
-        image_size=settings["image_size"],
-        batch_size=settings["batch_size"],
-        num_workers=settings["num_workers"],
-        imbalance=settings["imbalance"],
-        augment=settings["augment"],
-    )
-    model = LesionClassifier(
-        tier=tier,
-        model=settings["model"],
-        class_names=class_names(settings["task"]),
-        mean=dm.mean,
-        std=dm.std,
-        image_size=settings["image_size"],
-        cache_size=128,
-        epochs=1,
-    )
+    files = {"images": "images.npy", "index": "index.csv", "split": "split.csv", "stats": "norm_stats.json"}
+    dm, model = build(tier, settings, **{name: str(data / f) for name, f in files.items()})
 
     class Timer(Callback):
         def __init__(self):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from skinlesion import CLASSES, MALIGNANT
+from skinlesion import MALIGNANT
 from skinlesion.metrics import sens_spec
 
 AGE_BANDS = [0, 30, 45, 60, 75, 120]
@@ -129,5 +129,3 @@ def highlights_html(tier: str, fn_gallery: bytes, pairs: pd.DataFrame, subgroups
         f"<h3>Metrics by subgroup</h3>{subgroups.to_html(**fmt)}"
     )
 
-
-__all__ = ["CLASSES", "confused_pairs", "gallery_png", "gradcam", "highlights_html", "subgroup_metrics"]

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torchvision.transforms import v2
 
-from skinlesion import CLASSES
+from skinlesion import CLASSES, MALIGNANT
 from skinlesion.datamodule import load_split_table
 from skinlesion.io import atomic_path
 from skinlesion.metrics import MALIGNANT_IDX, lesion_bootstrap, per_class, threshold_for_sensitivity
@@ -127,7 +127,7 @@ def evaluate_tier(
     val, model = evaluate_split(ckpt, images_npy, index_csv, split_csv, split="val", tta=tta)
     test, _ = evaluate_split(ckpt, images_npy, index_csv, split_csv, split="test", tta=tta)
     threshold = threshold_for_sensitivity(
-        val["true_dx"].isin(["akiec", "bcc", "mel"]).to_numpy(), val["p_malignant"].to_numpy(), target_sensitivity
+        val["true_dx"].isin(MALIGNANT).to_numpy(), val["p_malignant"].to_numpy(), target_sensitivity
     )
     result = {
         "tier": tier,

@@ -93,34 +93,8 @@ def _fingerprint(settings: dict, seed: int, inputs: list[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def train_tier(
-    tier: str,
-    *,
-    images: str,
-    index: str,
-    split: str,
-    stats: str,
-    settings: dict,
-    seed: int,
-    out_ckpt: str,
-    out_history: str,
-    out_run_id: str,
-    work_dir: str,
-    mlflow_cfg: dict,
-    progress: bool = False,
-) -> dict:
-    """Train one tier with its resolved ``settings`` (see :func:`tier_settings`) and write its
-    best checkpoint, per-epoch history and MLflow run id."""
-    work = Path(work_dir)
-    fingerprint = _fingerprint(settings, seed, [index, split, stats])
-    fp_file, last = work / "fingerprint", work / "last.ckpt"
-    resume = last.exists() and fp_file.exists() and fp_file.read_text() == fingerprint
-    if not resume and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    fp_file.write_text(fingerprint)
-
-    L.seed_everything(seed, workers=True)
+def build(tier: str, settings: dict, *, images, index, split, stats, seed: int = 0):
+    """The DataModule and the LightningModule of one tier, from its resolved settings."""
     dm = LesionDataModule(
         images,
         index,
@@ -155,6 +129,38 @@ def train_tier(
         label_smoothing=settings["label_smoothing"],
         class_weights=class_weights,
     )
+    return dm, model
+
+
+def train_tier(
+    tier: str,
+    *,
+    images: str,
+    index: str,
+    split: str,
+    stats: str,
+    settings: dict,
+    seed: int,
+    out_ckpt: str,
+    out_history: str,
+    out_run_id: str,
+    work_dir: str,
+    mlflow_cfg: dict,
+    progress: bool = False,
+) -> dict:
+    """Train one tier with its resolved ``settings`` (see :func:`tier_settings`) and write its
+    best checkpoint, per-epoch history and MLflow run id."""
+    work = Path(work_dir)
+    fingerprint = _fingerprint(settings, seed, [index, split, stats])
+    fp_file, last = work / "fingerprint", work / "last.ckpt"
+    resume = last.exists() and fp_file.exists() and fp_file.read_text() == fingerprint
+    if not resume and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    fp_file.write_text(fingerprint)
+
+    L.seed_everything(seed, workers=True)
+    dm, model = build(tier, settings, images=images, index=index, split=split, stats=stats, seed=seed)
 
     monitor = settings["monitor"]
     history = EpochHistory(work / "history.csv")
