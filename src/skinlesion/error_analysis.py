@@ -128,4 +128,3 @@ def highlights_html(tier: str, fn_gallery: bytes, pairs: pd.DataFrame, subgroups
         f"<h3>Most confused class pairs</h3>{pairs.to_html(**fmt)}"
         f"<h3>Metrics by subgroup</h3>{subgroups.to_html(**fmt)}"
     )
-

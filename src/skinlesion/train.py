@@ -23,12 +23,13 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
-from skinlesion.config import tier_settings  # noqa: F401  (re-exported for callers)
 from skinlesion.datamodule import LesionDataModule, class_names
 from skinlesion.io import atomic_path, md5sum
 from skinlesion.module import LesionClassifier
 
 log = logging.getLogger(__name__)
+# No MLflow upload progress bars in the rule logs.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -148,7 +149,7 @@ def train_tier(
     mlflow_cfg: dict,
     progress: bool = False,
 ) -> dict:
-    """Train one tier with its resolved ``settings`` (see :func:`tier_settings`) and write its
+    """Train one tier with its resolved ``settings`` (see :func:`skinlesion.config.tier_settings`) and write its
     best checkpoint, per-epoch history and MLflow run id."""
     work = Path(work_dir)
     fingerprint = _fingerprint(settings, seed, [index, split, stats])
@@ -265,6 +266,3 @@ def _finish_mlflow(logger, mlflow_cfg: dict, tier: str, ckpt: str, history: str)
         source = f"{client.get_run(run_id).info.artifact_uri}/checkpoint"
         client.create_model_version(name, source=source, run_id=run_id)
     client.set_terminated(run_id, "FINISHED")
-
-
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
