@@ -12,11 +12,13 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+include: "rules/export.smk"
 
 
 rule all:
     input:
         "results/report.html",
+        EXPORT_OUTPUTS,
     default_target: True
 
 

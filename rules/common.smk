@@ -26,6 +26,7 @@ RAW = "results/raw"
 DATA = "results/data"
 LOGS = "results/logs"
 MODELS = "results/models"
+EXPORT = "results/export"
 FIGURES = "results/figures"
 METRICS = "results/metrics"
 PREDICTIONS = "results/predictions"
@@ -51,6 +52,7 @@ DATA_OUTPUTS = [
 TRAIN_OUTPUTS = [f"{FIGURES}/augment_preview.png"] + [
     f"{MODELS}/{tier}/best.ckpt" for tier in TIERS
 ]
+EXPORT_OUTPUTS = [f"{EXPORT}/{tier}/model.json" for tier in TIERS]
 EVAL_OUTPUTS = [
     f"{FIGURES}/{tier}/{name}.png"
     for tier in TIERS

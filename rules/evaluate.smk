@@ -4,6 +4,7 @@
 rule evaluate:
     input:
         ckpt=f"{MODELS}/{{tier}}/best.ckpt",
+        checksums=f"{DATA}/checksums.csv",
         **CACHE,
     output:
         metrics=f"{METRICS}/{{tier}}.json",
@@ -65,6 +66,7 @@ rule evaluate_external:
     input:
         ckpt=f"{MODELS}/{{tier}}/best.ckpt",
         internal=f"{METRICS}/{{tier}}.json",
+        checksums=f"{DATA}/checksums.csv",
         images=EXTERNAL["images"] if EXTERNAL else [],
         ground_truth=EXTERNAL["ground_truth"] if EXTERNAL else [],
     output:

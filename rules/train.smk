@@ -25,6 +25,7 @@ rule augment_preview:
 
 rule train:
     input:
+        checksums=f"{DATA}/checksums.csv",
         **CACHE,
     output:
         ckpt=f"{MODELS}/{{tier}}/best.ckpt",

@@ -2,6 +2,7 @@ import torch
 
 from skinlesion.evaluate import evaluate_tier
 from skinlesion.logs import log_to
+from skinlesion.provenance import job_provenance
 
 torch.set_num_threads(snakemake.threads)
 with log_to(snakemake.log[0]):
@@ -17,4 +18,5 @@ with log_to(snakemake.log[0]):
         target_sensitivity=snakemake.params.target_sensitivity,
         n_boot=snakemake.params.n_boot,
         seed=snakemake.params.seed,
+        provenance=job_provenance(snakemake),
     )

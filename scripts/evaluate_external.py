@@ -2,6 +2,7 @@ import torch
 
 from skinlesion.evaluate import evaluate_external
 from skinlesion.logs import log_to
+from skinlesion.provenance import job_provenance
 
 torch.set_num_threads(snakemake.threads)
 with log_to(snakemake.log[0]):
@@ -15,4 +16,5 @@ with log_to(snakemake.log[0]):
         tta=snakemake.params.tta,
         n_boot=snakemake.params.n_boot,
         seed=snakemake.params.seed,
+        provenance=job_provenance(snakemake),
     )

@@ -1,6 +1,7 @@
 import torch
 
 from skinlesion.logs import log_to
+from skinlesion.provenance import job_provenance
 from skinlesion.train import train_tier
 
 torch.set_num_threads(snakemake.threads)
@@ -18,4 +19,5 @@ with log_to(snakemake.log[0]):
         out_run_id=snakemake.output.run_id,
         work_dir=snakemake.params.work_dir,
         mlflow_cfg=snakemake.params.mlflow,
+        provenance=job_provenance(snakemake),
     )

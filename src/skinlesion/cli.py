@@ -42,6 +42,32 @@ def _predict(args: argparse.Namespace) -> None:
     print(f"{args.out}: {len(table)} images")
 
 
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from skinlesion.service import create_app
+
+    app = create_app(
+        args.model, max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files, threads=args.threads
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+
+
+def _app(args: argparse.Namespace) -> None:
+    import os
+    import subprocess
+
+    env = os.environ | {"SKINLESION_MODEL": str(Path(args.model).resolve())}
+    if args.service:
+        env["SKINLESION_SERVICE_URL"] = args.service.rstrip("/")
+    if args.checkpoint:
+        env["SKINLESION_CHECKPOINT"] = str(Path(args.checkpoint).resolve())
+    script = Path(__file__).with_name("app.py")
+    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true"]
+    command += ["--server.address", args.host, "--server.port", str(args.port), "--browser.gatherUsageStats", "false"]
+    raise SystemExit(subprocess.call(command, env=env))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skinlesion", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--tta", action="store_true", help="average over the 8 flips/90-degree rotations")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("serve", help="the inference service (FastAPI + ONNX Runtime) on an exported tier")
+    p.add_argument("--model", default="results/export/baseline_cnn", help="export folder (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body (default: %(default)s)")
+    p.add_argument("--max-files", type=int, default=64, help="most images per request (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("app", help="the Streamlit app on an exported tier")
+    p.add_argument("--model", default="results/export/baseline_cnn", help="export folder (default: %(default)s)")
+    p.add_argument("--service", help="URL of a running `skinlesion serve` (default: in-process ONNX Runtime)")
+    p.add_argument("--checkpoint", help="checkpoint for Grad-CAM (default: the one the export's sidecar names)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(func=_app)
     return parser
 
 

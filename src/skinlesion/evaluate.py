@@ -122,6 +122,7 @@ def evaluate_tier(
     target_sensitivity: float = 0.95,
     n_boot: int = 1000,
     seed: int = 0,
+    provenance: dict | None = None,
 ) -> dict:
     """The evaluate rule: threshold on val, metrics with lesion-bootstrap CIs on test."""
     val, model = evaluate_split(ckpt, images_npy, index_csv, split_csv, split="val", tta=tta)
@@ -136,6 +137,7 @@ def evaluate_tier(
         "target_sensitivity": target_sensitivity,
         "image_size": model.hparams.image_size,
         "test": metrics_from_predictions(test, threshold=threshold, n_boot=n_boot, seed=seed),
+        "provenance": provenance or {},
     }
     write_csv(test, out_predictions)
     with atomic_path(out_metrics) as tmp:
@@ -247,6 +249,7 @@ def evaluate_external(
     tta: bool,
     n_boot: int,
     seed: int,
+    provenance: dict | None = None,
 ) -> dict:
     """An external test set, at the operating threshold chosen on the internal validation split.
 
@@ -263,6 +266,7 @@ def evaluate_external(
     threshold = json.loads(Path(internal_metrics).read_text())["test"]["threshold"]
     result = metrics_from_predictions(preds, threshold=threshold, n_boot=n_boot, seed=seed)
     result["bootstrap_unit"] = "image"
+    result["provenance"] = provenance or {}
     write_csv(preds, out_predictions)
     with atomic_path(out_metrics) as tmp:
         tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

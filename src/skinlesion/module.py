@@ -53,6 +53,7 @@ class LesionClassifier(L.LightningModule):
         focal_gamma: float = 2.0,
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
+        class_prior: list[float] | None = None,
         channels_last: bool = True,
     ):
         super().__init__()
@@ -64,6 +65,8 @@ class LesionClassifier(L.LightningModule):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
+        log_prior = torch.tensor(class_prior, dtype=torch.float32).log() if class_prior else None
+        self.register_buffer("log_prior", log_prior, persistent=False)
         self.binary = list(class_names) == ["benign", "malignant"]
         self.val_metrics = self._metrics("val")
 
@@ -95,6 +98,10 @@ class LesionClassifier(L.LightningModule):
         return probs[:, idx].sum(dim=1)
 
     def _loss(self, logits, y):
+        if self.log_prior is not None:
+            # Logit-adjusted loss (Menon et al., ICLR 2021): the softmax of the unadjusted logits
+            # then estimates class probabilities under a uniform prior, which suits balanced accuracy.
+            logits = logits + self.log_prior
         kwargs = {"weight": self.class_weights, "label_smoothing": self.hparams.label_smoothing}
         if self.hparams.loss == "focal":
             return focal_loss(logits.float(), y, gamma=self.hparams.focal_gamma, **kwargs)

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
-import platform
-import subprocess
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 
 from skinlesion.io import atomic_path
+from skinlesion.provenance import run_provenance
 
 # Published results, shown beside ours with the caveats a reader needs to compare them fairly.
 ANCHORS = [
@@ -42,7 +38,6 @@ COLUMNS = [
     "specificity",
     "ece",
 ]
-PACKAGES = ["torch", "torchvision", "timm", "lightning", "torchmetrics", "numpy", "pandas", "scikit-learn", "snakemake"]
 
 
 def comparison_table(metrics_files: list[str], histories: list[str], out_csv: str | os.PathLike) -> pd.DataFrame:
@@ -71,51 +66,6 @@ def comparison_table(metrics_files: list[str], histories: list[str], out_csv: st
 
 def _img(path: str | os.PathLike) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
-
-
-def provenance(config: dict, workflow_dir: str | os.PathLike, checksums_csv: str | os.PathLike) -> dict:
-    """Where the results came from: commit, config hash, seed, versions, hardware, data checksums."""
-    import torch
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=workflow_dir, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
-
-    commit = git("rev-parse", "HEAD")
-    if commit != "unknown" and git("status", "--porcelain", "--untracked-files=no"):
-        commit += " (with uncommitted changes)"
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
-        cpu = names[0] if names else cpu
-    return {
-        "git_commit": commit,
-        "config_sha256": config_hash(config),
-        "seed": config["seed"],
-        "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "python": platform.python_version(),
-        "packages": {p: _version(p) for p in PACKAGES},
-        "platform": platform.platform(),
-        "cpu": f"{cpu}, {os.cpu_count()} logical cores",
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-        "data_checksums": pd.read_csv(checksums_csv).to_dict("records"),
-    }
-
-
-def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def rule_runtimes(benchmark_dir: str | os.PathLike) -> pd.DataFrame:
@@ -189,7 +139,7 @@ def build_report(
     skipped_frame = pd.read_csv(skipped)
     html = env.get_template("report.html.j2").render(
         title="skinlesion report",
-        provenance=provenance(config, workflow_dir, checksums),
+        provenance=run_provenance(config, workflow_dir, checksums),
         config_yaml=_yaml(config),
         checksums=table(pd.read_csv(checksums)),
         split_counts=table(pd.read_csv(split_counts)),

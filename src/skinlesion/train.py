@@ -109,10 +109,12 @@ def build(tier: str, settings: dict, *, images, index, split, stats, seed: int =
         augment=settings["augment"],
         seed=seed,
     )
-    class_weights = None
+    counts = np.maximum(dm.class_counts(), 1)
+    class_weights = class_prior = None
     if settings["imbalance"] in ("weighted_loss", "both"):
-        counts = np.maximum(dm.class_counts(), 1)
         class_weights = (counts.sum() / (len(counts) * counts)).tolist()
+    elif settings["imbalance"] == "logit_adjust":
+        class_prior = (counts / counts.sum()).tolist()
     model = LesionClassifier(
         tier=tier,
         model=settings["model"],
@@ -129,6 +131,7 @@ def build(tier: str, settings: dict, *, images, index, split, stats, seed: int =
         focal_gamma=settings["focal_gamma"],
         label_smoothing=settings["label_smoothing"],
         class_weights=class_weights,
+        class_prior=class_prior,
     )
     return dm, model
 
@@ -148,6 +151,7 @@ def train_tier(
     work_dir: str,
     mlflow_cfg: dict,
     progress: bool = False,
+    provenance: dict | None = None,
 ) -> dict:
     """Train one tier with its resolved ``settings`` (see :func:`skinlesion.config.tier_settings`) and write its
     best checkpoint, per-epoch history and MLflow run id."""
@@ -209,7 +213,7 @@ def train_tier(
         shutil.copyfile(best, tmp)
     with atomic_path(out_history) as tmp:
         shutil.copyfile(history.path, tmp)
-    _finish_mlflow(logger, mlflow_cfg, tier, out_ckpt, out_history)
+    _finish_mlflow(logger, mlflow_cfg, tier, out_ckpt, out_history, provenance or {})
     with atomic_path(out_run_id) as tmp:
         tmp.write_text(run_id + "\n")
     best_score = checkpoint.best_model_score
@@ -252,9 +256,14 @@ def tracking_uri(mlflow_cfg: dict) -> str:
     return uri
 
 
-def _finish_mlflow(logger, mlflow_cfg: dict, tier: str, ckpt: str, history: str) -> None:
-    """Attach the checkpoint and history to the run and register the checkpoint as a model version."""
+def _finish_mlflow(logger, mlflow_cfg: dict, tier: str, ckpt: str, history: str, provenance: dict) -> None:
+    """Attach provenance, checkpoint and history to the run; register the checkpoint as a model version."""
     client, run_id = logger.experiment, logger.run_id
+    for key in ("git_commit", "config_sha256", "seed"):
+        if key in provenance:
+            client.set_tag(run_id, key, str(provenance[key]))
+    if provenance:
+        client.log_dict(run_id, provenance, "provenance.json")
     client.log_artifact(run_id, ckpt, "checkpoint")
     client.log_artifact(run_id, history, "history")
     if mlflow_cfg["register"]:

@@ -1,0 +1,150 @@
+"""Streamlit app: upload a dermatoscopic image (or pick a bundled sample) and see what a tier predicts.
+
+Start it with ``skinlesion app --model results/export/baseline_cnn`` (in-process ONNX Runtime) or
+add ``--service http://127.0.0.1:8000`` to ask a running ``skinlesion serve`` instead. The
+Grad-CAM overlay needs the tier's PyTorch checkpoint (the one the sidecar names, checked against
+its SHA-256). Settings come from the environment the ``skinlesion app`` command sets:
+SKINLESION_MODEL, SKINLESION_SERVICE_URL, SKINLESION_CHECKPOINT, SKINLESION_SAMPLES.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from skinlesion.inference import ImageError, OnnxClassifier, decode
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_DIR = Path(os.environ.get("SKINLESION_MODEL", "results/export/baseline_cnn"))
+SERVICE_URL = os.environ.get("SKINLESION_SERVICE_URL") or None
+SAMPLES = Path(os.environ.get("SKINLESION_SAMPLES", ROOT / "data" / "sample"))
+MAX_PIXELS = 40_000_000
+NOTICE = (
+    "Research tool, not a diagnosis. This model was trained on one public dataset (HAM10000) and "
+    "has not been validated for clinical use. Anyone worried about a skin lesion should see a doctor."
+)
+
+
+@st.cache_resource
+def classifier(model_dir: str) -> OnnxClassifier:
+    return OnnxClassifier(model_dir)
+
+
+@st.cache_resource
+def torch_model(model_dir: str):
+    """The checkpoint behind the export, for Grad-CAM; None when it is missing or does not match."""
+    from skinlesion.export import sha256
+    from skinlesion.module import load_classifier
+
+    contract = classifier(model_dir).contract
+    path = Path(os.environ.get("SKINLESION_CHECKPOINT") or contract.get("checkpoint", ""))
+    if not path.is_file() or sha256(path) != contract["checkpoint_sha256"]:
+        return None
+    return load_classifier(path)
+
+
+@st.cache_data
+def sample_images(samples: str) -> dict[str, tuple[str, str]]:
+    """label -> (zip, member) for two bundled images per diagnosis."""
+    meta = pd.read_csv(Path(samples) / "HAM10000_metadata.csv")
+    members = {}
+    for zpath in sorted(Path(samples).glob("*.zip")):
+        with zipfile.ZipFile(zpath) as zf:
+            members |= {Path(n).stem: (str(zpath), n) for n in zf.namelist() if n.endswith(".jpg")}
+    meta = meta[meta["image_id"].isin(list(members))].sort_values("image_id")
+    picked = meta.groupby("dx").head(2).sort_values(["dx", "image_id"])
+    return {f"{r.image_id} (labelled {r.dx})": members[r.image_id] for r in picked.itertuples()}
+
+
+def read_member(zpath: str, member: str) -> bytes:
+    with zipfile.ZipFile(zpath) as zf:
+        return zf.read(member)
+
+
+def predict(name: str, data: bytes, square: np.ndarray) -> dict:
+    if SERVICE_URL:
+        import requests
+
+        response = requests.post(f"{SERVICE_URL}/predict", files={"files": (name, data)}, timeout=60)
+        if response.status_code != 200:
+            raise ImageError(name, response.json().get("detail", response.text), response.status_code)
+        body = response.json()
+        return body["predictions"][0] | {"model_version": body["model_version"]}
+    clf = classifier(str(MODEL_DIR))
+    return clf.predict([(name, square)])[0].as_dict() | {"model_version": clf.version}
+
+
+def overlay(square: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    from matplotlib import colormaps
+    from PIL import Image
+
+    size = square.shape[0]
+    cam = np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR))
+    heat = colormaps["jet"](cam / 255.0)[..., :3] * 255
+    return (0.55 * square + 0.45 * heat).astype(np.uint8)
+
+
+st.set_page_config(page_title="skinlesion", layout="wide")
+st.title("skinlesion: dermatoscopic image classifier")
+st.warning(NOTICE)
+
+clf = classifier(str(MODEL_DIR))
+contract = clf.contract
+st.caption(
+    f"Model {clf.version} ({contract['tier']}, {contract['task']}); "
+    f"{'service ' + SERVICE_URL if SERVICE_URL else 'in-process ONNX Runtime'}."
+)
+
+source = st.radio("Image", ["Bundled sample image", "Upload an image"], horizontal=True)
+name = data = None
+if source == "Upload an image":
+    upload = st.file_uploader("A dermatoscopic image (JPEG or PNG)", type=["jpg", "jpeg", "png"])
+    if upload is not None:
+        name, data = upload.name, upload.getvalue()
+else:
+    samples = sample_images(str(SAMPLES))
+    label = st.selectbox("Sample image (HAM10000, CC BY-NC 4.0)", list(samples))
+    name, data = label.split(" ")[0], read_member(*samples[label])
+
+if data is not None:
+    try:
+        square = decode(name, data, size=clf.cache_size, max_pixels=MAX_PIXELS)
+        result = predict(name, data, square)
+    except ImageError as exc:
+        st.error(str(exc))
+        st.stop()
+    threshold = clf.threshold
+    left, mid, right = st.columns(3)
+    left.image(square, caption=name, width="stretch")
+    mid.metric("Predicted class", result["predicted_class"])
+    mid.metric(
+        "Malignant probability",
+        f"{result['p_malignant']:.2f}",
+        delta=f"{result['p_malignant'] - threshold:+.2f} vs threshold {threshold:.2f}",
+        delta_color="inverse",
+    )
+    verdict = "above" if result["decision"] == "malignant" else "below"
+    mid.markdown(
+        f"**Decision: {result['decision']}** ({verdict} the operating threshold {threshold:.3f}, chosen for "
+        f"{contract['threshold_selection']['target_sensitivity']:.0%} sensitivity on the validation split)."
+    )
+    probs = pd.DataFrame({"probability": result["probabilities"]})
+    mid.bar_chart(probs, horizontal=True, height=260)
+    model = torch_model(str(MODEL_DIR))
+    if model is None:
+        right.info("Grad-CAM needs the tier's checkpoint (set --checkpoint); it was not found or does not match.")
+    else:
+        from skinlesion.error_analysis import gradcam
+
+        target = list(model.hparams.class_names).index(result["predicted_class"])
+        cam = gradcam(model, square[None], [target])[0]
+        right.image(overlay(square, cam), caption=f"Grad-CAM for '{result['predicted_class']}'", width="stretch")
+    with st.expander("Raw output"):
+        st.json(result)
+    st.download_button("Download result (JSON)", io.StringIO(pd.Series(result).to_json()).getvalue(), "result.json")

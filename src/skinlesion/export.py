@@ -1,0 +1,175 @@
+"""The export rule: a tier's best checkpoint to one ONNX file plus its JSON inference contract.
+
+The exported graph takes float32 (N, 3, n, n) RGB pixels in 0-255 (any N) and returns the
+logits and the class probabilities softmax(logits / T). Normalisation is inside the graph. On
+the validation split, with the deployed preprocessing (:mod:`skinlesion.inference`) and no TTA,
+the export:
+
+1. fits the temperature T by minimising the negative log-likelihood (Guo et al., 2017) when
+   ``calibrate`` is set, else T = 1;
+2. checks that ONNX Runtime and PyTorch agree (max abs difference of the probabilities below
+   ``tolerance``) and fails otherwise;
+3. chooses the operating threshold on the malignant probability exactly as the evaluate rule
+   does (the highest one reaching the target sensitivity), for the probabilities the deployed
+   model will actually give.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+
+import numpy as np
+import torch
+
+from skinlesion import MALIGNANT
+from skinlesion.datamodule import load_split_table
+from skinlesion.inference import CONTRACT_FORMAT, to_input
+from skinlesion.io import atomic_path
+from skinlesion.metrics import sens_spec, threshold_for_sensitivity
+from skinlesion.module import LesionClassifier, load_classifier
+
+log = logging.getLogger(__name__)
+OPSET = 18
+
+
+class Deployed(torch.nn.Module):
+    """The classifier with its temperature: image -> (logits, probabilities)."""
+
+    def __init__(self, model: LesionClassifier, temperature: float = 1.0):
+        super().__init__()
+        self.model = model
+        self.register_buffer("inv_temperature", torch.tensor(1.0 / temperature))
+
+    def forward(self, image: torch.Tensor):
+        logits = self.model(image).float()
+        return logits, torch.softmax(logits * self.inv_temperature, dim=1)
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature minimising the NLL of softmax(logits / T) on held-out data."""
+    log_t = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.exp())
+
+
+def _inputs(images_npy: str, rows: np.ndarray, input_size: int) -> np.ndarray:
+    cache = np.load(images_npy, mmap_mode="r")
+    return np.stack([to_input(np.asarray(cache[r]), input_size) for r in rows])
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_tier(
+    ckpt: str,
+    images_npy: str,
+    index_csv: str,
+    split_csv: str,
+    out_onnx: str | os.PathLike,
+    out_contract: str | os.PathLike,
+    *,
+    tier: str,
+    target_sensitivity: float = 0.95,
+    calibrate: bool = True,
+    tolerance: float = 1e-4,
+    provenance: dict | None = None,
+) -> dict:
+    """Export one tier; returns the contract written to ``out_contract``."""
+    import onnxruntime as ort
+
+    model = load_classifier(ckpt).float()
+    hp = model.hparams
+    table = load_split_table(index_csv, split_csv)
+    val = table[table["split"] == "val"]
+    x_val = torch.from_numpy(_inputs(images_npy, val.index.to_numpy(), hp.image_size))
+    with torch.no_grad():
+        logits = torch.cat([model(b).float() for b in x_val.split(256)])
+    if model.binary:
+        labels, malignant_classes = torch.as_tensor(val["malignant"].to_numpy()), ["malignant"]
+    else:
+        labels = torch.as_tensor(val["dx"].map({c: i for i, c in enumerate(hp.class_names)}).to_numpy())
+        malignant_classes = list(MALIGNANT)
+    temperature = fit_temperature(logits, labels) if calibrate else 1.0
+    log.info("%s: temperature %.3f on %d validation images", tier, temperature, len(val))
+
+    deployed = Deployed(model, temperature).eval()
+    with torch.no_grad():
+        torch_probs = np.concatenate([deployed(b)[1].numpy() for b in x_val.split(256)])
+    with atomic_path(out_onnx) as tmp:
+        program = torch.onnx.export(
+            deployed,
+            (x_val[:2],),
+            input_names=["image"],
+            output_names=["logits", "probabilities"],
+            dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+        )
+        program.save(str(tmp))
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        ort_probs = np.concatenate([session.run(["probabilities"], {"image": b.numpy()})[0] for b in x_val.split(256)])
+        diff = float(np.abs(ort_probs - torch_probs).max())
+        if not diff < tolerance:
+            raise RuntimeError(f"{out_onnx}: ONNX Runtime and PyTorch differ by {diff:.2e} (tolerance {tolerance:.0e})")
+
+    idx = [list(hp.class_names).index(c) for c in malignant_classes]
+    p_malignant = ort_probs[:, idx].sum(axis=1)
+    y_malignant = val["malignant"].to_numpy().astype(bool)
+    threshold = threshold_for_sensitivity(y_malignant, p_malignant, target_sensitivity)
+    sensitivity, specificity = sens_spec(y_malignant, p_malignant, threshold)
+    contract = {
+        "format": CONTRACT_FORMAT,
+        "tier": tier,
+        "task": "binary" if model.binary else "multiclass",
+        "class_names": list(hp.class_names),
+        "malignant_classes": malignant_classes,
+        "input": {"name": "image", "layout": "NCHW", "dtype": "float32", "range": [0, 255], "color": "RGB"}
+        | {"size": int(hp.image_size)},
+        "outputs": ["logits", "probabilities"],
+        "preprocess": {
+            "steps": [
+                "decode, convert to RGB",
+                "centre-crop to a square",
+                f"resize to {hp.cache_size}x{hp.cache_size} (Lanczos)",
+                f"resize to {hp.image_size}x{hp.image_size} (bilinear with antialiasing)",
+            ],
+            "cache_size": int(hp.cache_size),
+        },
+        "normalisation": {"mean": list(hp.mean), "std": list(hp.std), "scale": 255, "in_graph": True},
+        "temperature": temperature if calibrate else None,
+        "operating_threshold": threshold,
+        "threshold_selection": {
+            "split": "val",
+            "target_sensitivity": target_sensitivity,
+            "sensitivity": sensitivity,
+            "specificity": specificity,
+            "tta": False,
+        },
+        "parity": {"max_abs_diff": diff, "tolerance": tolerance, "images": len(val)},
+        "opset": OPSET,
+        "onnx_sha256": sha256(out_onnx),
+        "checkpoint": str(ckpt),
+        "checkpoint_sha256": sha256(ckpt),
+        "provenance": provenance or {},
+    }
+    with atomic_path(out_contract) as tmp:
+        tmp.write_text(json.dumps(contract, indent=2) + "\n")
+    log.info("%s: exported, threshold %.4f, parity %.1e", out_onnx, threshold, diff)
+    return contract

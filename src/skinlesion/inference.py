@@ -1,0 +1,132 @@
+"""Inference with an exported model: the ONNX file and its JSON sidecar, without PyTorch.
+
+The sidecar is the inference contract written by the export rule. It says how an uploaded
+image becomes the network input (centre square, resize to the cache size with Lanczos, then
+bilinear with antialiasing to the input size: the same pixels the evaluate rule feeds the
+network), the class names, which classes are malignant, the operating threshold on the
+malignant probability and the temperature. The service, the Streamlit app and the inference
+benchmark all go through :class:`OnnxClassifier`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from skinlesion.preprocess import load_square
+
+CONTRACT_FORMAT = "skinlesion-onnx/1"
+
+
+class ImageError(ValueError):
+    """An upload that is not a usable image; the message names the file and the reason."""
+
+    def __init__(self, name: str, reason: str, status: int = 422):
+        super().__init__(f"{name}: {reason}")
+        self.name, self.reason, self.status = name, reason, status
+
+
+def decode(name: str, data: bytes, *, size: int, max_pixels: int) -> np.ndarray:
+    """Decode an upload to the uint8 (size, size, 3) square the cache holds, or raise ImageError.
+
+    The header is read first, so a decompression bomb (a small file declaring a huge image) is
+    refused before any pixel is decoded; a truncated file fails on the full decode.
+    """
+    if not data:
+        raise ImageError(name, "empty file")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (OSError, Image.UnidentifiedImageError, ValueError) as exc:
+        raise ImageError(name, f"not an image ({type(exc).__name__})", status=415) from exc
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageError(name, f"image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels", status=413)
+    try:
+        img.load()
+        return load_square(img, size)
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+        raise ImageError(name, f"cannot decode image: {exc}") from exc
+
+
+def to_input(square: np.ndarray, input_size: int) -> np.ndarray:
+    """uint8 (S, S, 3) cache square -> float32 (3, n, n) network input in 0-255 (normalised in the graph).
+
+    PIL's bilinear resize with its reducing filter gives the same pixels as the evaluate rule's
+    ``torchvision.transforms.v2.Resize(antialias=True)`` on uint8 (tests/test_export.py checks).
+    """
+    if square.shape[0] != input_size:
+        square = np.asarray(Image.fromarray(square).resize((input_size,) * 2, Image.Resampling.BILINEAR))
+    return np.ascontiguousarray(square.transpose(2, 0, 1), dtype=np.float32)
+
+
+@dataclass
+class Prediction:
+    name: str
+    probabilities: dict[str, float]
+    p_malignant: float
+    malignant: bool
+    predicted_class: str
+
+    def as_dict(self) -> dict:
+        return {
+            "file": self.name,
+            "predicted_class": self.predicted_class,
+            "probabilities": self.probabilities,
+            "p_malignant": self.p_malignant,
+            "decision": "malignant" if self.malignant else "benign",
+        }
+
+
+class OnnxClassifier:
+    """An exported tier: ONNX Runtime session + contract. ``threads`` sets intra-op threads (0: ORT's default)."""
+
+    def __init__(self, model_dir: str | os.PathLike, threads: int = 0):
+        import onnxruntime as ort
+
+        self.model_dir = Path(model_dir)
+        self.contract = json.loads((self.model_dir / "model.json").read_text())
+        if self.contract.get("format") != CONTRACT_FORMAT:
+            raise ValueError(f"{self.model_dir / 'model.json'}: not a {CONTRACT_FORMAT} sidecar")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            str(self.model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+        c = self.contract
+        self.class_names: list[str] = c["class_names"]
+        self.input_size: int = c["input"]["size"]
+        self.cache_size: int = c["preprocess"]["cache_size"]
+        self.threshold: float = c["operating_threshold"]
+        self.malignant_idx = [self.class_names.index(n) for n in c["malignant_classes"]]
+        self.version = f"{c['tier']}-{c['onnx_sha256'][:12]}"
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (N, 3, n, n) inputs in 0-255 -> (N, C) calibrated class probabilities."""
+        (probs,) = self.session.run(["probabilities"], {"image": np.ascontiguousarray(batch, dtype=np.float32)})
+        return probs
+
+    def predict(self, named_squares: list[tuple[str, np.ndarray]]) -> list[Prediction]:
+        """Predictions for decoded cache squares (see :func:`decode`), one batch."""
+        if not named_squares:
+            return []
+        batch = np.stack([to_input(sq, self.input_size) for _, sq in named_squares])
+        probs = self.probabilities(batch)
+        out = []
+        for (name, _), p in zip(named_squares, probs, strict=True):
+            p_mal = float(p[self.malignant_idx].sum())
+            out.append(
+                Prediction(
+                    name=name,
+                    probabilities={c: float(v) for c, v in zip(self.class_names, p, strict=True)},
+                    p_malignant=p_mal,
+                    malignant=p_mal >= self.threshold,
+                    predicted_class=self.class_names[int(p.argmax())],
+                )
+            )
+        return out
