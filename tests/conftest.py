@@ -1,6 +1,11 @@
+import contextlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +16,7 @@ MIRROR = (ROOT / ".." / "shared" / "data" / "ham10000").resolve()
 FULLRES = (ROOT / ".." / "shared" / "data" / "ham10000_fullres_sample").resolve()
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 SAMPLE_CONFIG = ROOT / "profiles" / "sample" / "sample.yaml"
+ARTIFACTS = ROOT / "tests" / "artifacts"
 
 
 def need(path: Path) -> Path:
@@ -87,3 +93,48 @@ def sample_run(tmp_path_factory) -> Path:
 def sample_run_args(workdir: Path, *extra: str, configfiles: tuple = ()) -> list[str]:
     """The arguments the ``sample_run`` fixture ran with (its external test set included)."""
     return sample_args(f"external_test_dir={workdir / 'external'}", *extra, configfiles=configfiles)
+
+
+def chromium() -> str:
+    """Debian's headless Chromium (for playwright); CI installs it, elsewhere a missing one skips."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is missing; .ci/run installs it")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(command: list[str], ready_url: str, timeout: float = 120.0, **kwargs):
+    """Start a server process, wait until ``ready_url`` answers 200, stop it afterwards."""
+    import requests
+
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed below) - a file, not a pipe: a chatty server never blocks
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, **kwargs)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"{command} exited with {proc.returncode}:\n{log.read()[-3000:]}")
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(ready_url, timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{ready_url} did not answer within {timeout} s")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

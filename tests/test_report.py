@@ -1,24 +1,10 @@
 """results/report.html renders in headless Chromium: every section, every image, no console error."""
 
-import os
-import shutil
 from pathlib import Path
 
-import pytest
-
-from conftest import ROOT
+from conftest import ARTIFACTS, chromium
 
 SECTIONS = ["summary", "data", "augmentation", "training", "comparison", "external", "errors", "provenance"]
-ARTIFACTS = ROOT / "tests" / "artifacts"
-
-
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("Debian's chromium is missing; .ci/run installs it")
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    return path
 
 
 def test_report_renders_every_section_without_errors(sample_run):

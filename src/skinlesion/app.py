@@ -37,14 +37,13 @@ def classifier(model_dir: str) -> OnnxClassifier:
 
 
 @st.cache_resource
-def torch_model(model_dir: str):
+def torch_model(checkpoint: str, expected_sha256: str):
     """The checkpoint behind the export, for Grad-CAM; None when it is missing or does not match."""
     from skinlesion.export import sha256
     from skinlesion.module import load_classifier
 
-    contract = classifier(model_dir).contract
-    path = Path(os.environ.get("SKINLESION_CHECKPOINT") or contract.get("checkpoint", ""))
-    if not path.is_file() or sha256(path) != contract["checkpoint_sha256"]:
+    path = Path(checkpoint)
+    if not path.is_file() or sha256(path) != expected_sha256:
         return None
     return load_classifier(path)
 
@@ -136,7 +135,8 @@ if data is not None:
     )
     probs = pd.DataFrame({"probability": result["probabilities"]})
     mid.bar_chart(probs, horizontal=True, height=260)
-    model = torch_model(str(MODEL_DIR))
+    checkpoint = os.environ.get("SKINLESION_CHECKPOINT") or contract.get("checkpoint", "")
+    model = torch_model(checkpoint, contract["checkpoint_sha256"])
     if model is None:
         right.info("Grad-CAM needs the tier's checkpoint (set --checkpoint); it was not found or does not match.")
     else:

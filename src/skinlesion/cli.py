@@ -65,6 +65,7 @@ def _app(args: argparse.Namespace) -> None:
     script = Path(__file__).with_name("app.py")
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true"]
     command += ["--server.address", args.host, "--server.port", str(args.port), "--browser.gatherUsageStats", "false"]
+    command += ["--client.toolbarMode", "viewer"]
     raise SystemExit(subprocess.call(command, env=env))
 
 

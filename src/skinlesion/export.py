@@ -60,7 +60,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def _inputs(images_npy: str, rows: np.ndarray, input_size: int) -> np.ndarray:
@@ -101,9 +101,9 @@ def export_tier(
     with torch.no_grad():
         logits = torch.cat([model(b).float() for b in x_val.split(256)])
     if model.binary:
-        labels, malignant_classes = torch.as_tensor(val["malignant"].to_numpy()), ["malignant"]
+        labels, malignant_classes = torch.tensor(val["malignant"].to_numpy()), ["malignant"]
     else:
-        labels = torch.as_tensor(val["dx"].map({c: i for i, c in enumerate(hp.class_names)}).to_numpy())
+        labels = torch.tensor(val["dx"].map({c: i for i, c in enumerate(hp.class_names)}).to_numpy())
         malignant_classes = list(MALIGNANT)
     temperature = fit_temperature(logits, labels) if calibrate else 1.0
     log.info("%s: temperature %.3f on %d validation images", tier, temperature, len(val))

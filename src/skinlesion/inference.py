@@ -42,6 +42,8 @@ def decode(name: str, data: bytes, *, size: int, max_pixels: int) -> np.ndarray:
         raise ImageError(name, "empty file")
     try:
         img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageError(name, f"decompression bomb refused: {exc}", status=413) from exc
     except (OSError, Image.UnidentifiedImageError, ValueError) as exc:
         raise ImageError(name, f"not an image ({type(exc).__name__})", status=415) from exc
     w, h = img.size

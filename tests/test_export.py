@@ -1,0 +1,101 @@
+"""The export rule: ONNX files that agree with PyTorch, and a sidecar that is a usable contract."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from conftest import FULLRES, ROOT, need
+from skinlesion import MALIGNANT
+from skinlesion.datamodule import load_split_table
+from skinlesion.export import Deployed, export_tier, fit_temperature, sha256
+from skinlesion.inference import OnnxClassifier, decode, to_input
+from skinlesion.metrics import sens_spec
+from skinlesion.module import load_classifier
+
+TIERS = ["baseline_cnn", "resnet", "transfer"]
+
+
+def fullres_images(n: int = 7) -> list[tuple[str, bytes]]:
+    """600x450 HAM10000 JPEGs: the size a user uploads, not the cached 200x150 ones."""
+    return [(p.name, p.read_bytes()) for p in sorted(need(FULLRES).glob("*.jpg"))[:n]]
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_onnx_runtime_agrees_with_pytorch_for_any_batch_size(sample_run, tier):
+    export = sample_run / "results" / "export" / tier
+    contract = json.loads((export / "model.json").read_text())
+    clf = OnnxClassifier(export)
+    model = load_classifier(sample_run / contract["checkpoint"])
+    deployed = Deployed(model, contract["temperature"]).eval()
+    squares = [decode(n, d, size=clf.cache_size, max_pixels=10**8) for n, d in fullres_images()]
+    batch = np.stack([to_input(sq, clf.input_size) for sq in squares])
+    with torch.no_grad():
+        expected = deployed(torch.from_numpy(batch))[1].numpy()
+    for size in (1, 3, 7):  # dynamic batch axis
+        np.testing.assert_allclose(clf.probabilities(batch[:size]), expected[:size], atol=1e-4, rtol=0)
+    assert np.allclose(expected.sum(axis=1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_sidecar_is_the_inference_contract(sample_run, tier):
+    export = sample_run / "results" / "export" / tier
+    c = json.loads((export / "model.json").read_text())
+    assert c["onnx_sha256"] == sha256(export / "model.onnx")
+    assert c["checkpoint_sha256"] == sha256(sample_run / c["checkpoint"])
+    assert c["class_names"] == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    assert c["malignant_classes"] == list(MALIGNANT)
+    assert c["input"]["size"] == 32 and c["preprocess"]["cache_size"] == 128  # profiles/sample/sample.yaml
+    assert len(c["normalisation"]["mean"]) == 3 and c["temperature"] > 0
+    assert c["parity"]["max_abs_diff"] < 1e-4
+    assert re.fullmatch(r"[0-9a-f]{40}( \(with uncommitted changes\))?", c["provenance"]["git_commit"])
+    assert c["provenance"]["packages"]["onnxruntime"] and c["provenance"]["data_checksums"]
+
+    # The operating threshold reaches the target sensitivity on val for the deployed model's probabilities.
+    data = sample_run / "results" / "data"
+    table = load_split_table(data / "index.csv", data / "split.csv")
+    val = table[table["split"] == "val"]
+    cache = np.load(data / "images.npy", mmap_mode="r")
+    clf = OnnxClassifier(export)
+    probs = clf.probabilities(np.stack([to_input(np.asarray(cache[r]), clf.input_size) for r in val.index]))
+    p_malignant = probs[:, clf.malignant_idx].sum(axis=1)
+    sensitivity, _ = sens_spec(val["malignant"].to_numpy(), p_malignant, c["operating_threshold"])
+    assert sensitivity >= c["threshold_selection"]["target_sensitivity"]
+    assert sensitivity == pytest.approx(c["threshold_selection"]["sensitivity"])
+
+
+def test_deployed_preprocessing_gives_the_evaluate_rules_pixels(sample_run):
+    cache = np.load(sample_run / "results" / "data" / "images.npy", mmap_mode="r")[:64]
+    squares = np.array(cache)
+    expected = v2.Resize((32, 32), antialias=True)(torch.from_numpy(squares).permute(0, 3, 1, 2)).numpy()
+    got = np.stack([to_input(sq, 32) for sq in squares])
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+
+
+def test_temperature_scaling_recovers_a_known_temperature():
+    generator = torch.Generator().manual_seed(0)
+    true_logits = torch.randn(4000, 7, generator=generator) * 3
+    labels = torch.multinomial(torch.softmax(true_logits, 1), 1, generator=generator).squeeze(1)
+    assert fit_temperature(true_logits * 2.5, labels) == pytest.approx(2.5, rel=0.1)
+
+
+def test_export_refuses_a_model_that_onnx_runtime_does_not_reproduce(sample_run, tmp_path):
+    data = sample_run / "results" / "data"
+    args = [data / "images.npy", data / "index.csv", data / "split.csv", tmp_path / "m.onnx", tmp_path / "m.json"]
+    with pytest.raises(RuntimeError, match="ONNX Runtime and PyTorch differ"):
+        export_tier(str(sample_run / "results/models/baseline_cnn/best.ckpt"), *args, tier="x", tolerance=1e-15)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_torch_load_is_always_weights_only():
+    calls = [
+        (path.relative_to(ROOT), line.strip())
+        for path in [*ROOT.glob("src/skinlesion/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("benchmarks/*.py")]
+        for line in path.read_text().splitlines()
+        if re.search(r"torch\.load\(|load_from_checkpoint\(", line)
+    ]
+    assert calls, "the search finds the loaders"
+    assert all("weights_only=True" in line for _, line in calls), calls

@@ -1,0 +1,141 @@
+"""The inference service: predictions, health, Prometheus metrics, and a clear 4xx for every bad input."""
+
+import io
+import sys
+
+import numpy as np
+import pytest
+import requests
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from conftest import free_port, running
+from skinlesion.inference import OnnxClassifier, decode
+from skinlesion.service import create_app
+from test_export import fullres_images
+
+LIMIT = 2 * 2**20
+
+
+@pytest.fixture(scope="module")
+def export_dir(sample_run):
+    return sample_run / "results" / "export" / "baseline_cnn"
+
+
+@pytest.fixture(scope="module")
+def client(export_dir):
+    return TestClient(create_app(export_dir, max_upload_bytes=LIMIT, max_files=8))
+
+
+@pytest.fixture(scope="module")
+def jpegs():
+    return fullres_images(3)
+
+
+def post(client, *files, field="files"):
+    return client.post("/predict", files=[(field, (name, data, "image/jpeg")) for name, data in files])
+
+
+def test_predict_several_images(client, export_dir, jpegs):
+    response = post(client, *jpegs)
+    assert response.status_code == 200
+    body = response.json()
+    clf = OnnxClassifier(export_dir)
+    assert body["model_version"] == clf.version and body["operating_threshold"] == clf.threshold
+    assert [p["file"] for p in body["predictions"]] == [name for name, _ in jpegs]
+    expected = clf.predict([(n, decode(n, d, size=clf.cache_size, max_pixels=10**8)) for n, d in jpegs])
+    for got, want in zip(body["predictions"], expected, strict=True):
+        assert sum(got["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+        assert got["probabilities"] == pytest.approx(want.probabilities, abs=1e-6)
+        assert got["p_malignant"] == pytest.approx(sum(got["probabilities"][c] for c in ("akiec", "bcc", "mel")))
+        assert got["decision"] == ("malignant" if got["p_malignant"] >= clf.threshold else "benign")
+        assert got["predicted_class"] == max(got["probabilities"], key=got["probabilities"].get)
+
+
+def test_png_and_grayscale_images_are_accepted(client):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400), dtype=np.uint8)).save(buf, "PNG")
+    response = client.post("/predict", files={"files": ("gray.png", buf.getvalue(), "image/png")})
+    assert response.status_code == 200 and response.json()["predictions"][0]["file"] == "gray.png"
+
+
+def test_health(client, export_dir):
+    body = client.get("/health").json()
+    assert body["status"] == "ok" and body["tier"] == "baseline_cnn"
+    assert body["model_version"] == OnnxClassifier(export_dir).version
+
+
+def bomb() -> bytes:
+    """A 1.2 MB PNG that declares 30,000 x 30,000 pixels (900 megapixels)."""
+    buf = io.BytesIO()
+    Image.new("1", (30_000, 30_000)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def large() -> bytes:
+    """48 megapixels: over the service's 40-megapixel limit, under PIL's own bomb check."""
+    buf = io.BytesIO()
+    Image.new("1", (8000, 6000)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def chunks(total: int):
+    for _ in range(total // 65536 + 1):
+        yield b"\0" * 65536
+
+
+BAD = {
+    "not_an_image": (
+        lambda c, j: post(c, ("notes.txt", b"just some text, not pixels")),
+        415,
+        "notes.txt: not an image",
+    ),
+    "truncated_jpeg": (lambda c, j: post(c, ("cut.jpg", j[0][1][: len(j[0][1]) // 2])), 422, "cut.jpg: cannot decode"),
+    "decompression_bomb": (lambda c, j: post(c, ("bomb.png", bomb())), 413, "bomb.png: decompression bomb"),
+    "large_image": (lambda c, j: post(c, ("large.png", large())), 413, "large.png: image of 8000x6000"),
+    "oversized_declared": (lambda c, j: post(c, ("big.jpg", b"\xff" * (LIMIT + 1))), 413, "exceeds the limit"),
+    "oversized_streamed": (
+        lambda c, j: c.post(
+            "/predict", content=chunks(LIMIT + 1), headers={"content-type": "multipart/form-data; boundary=x"}
+        ),
+        413,
+        "exceeds the limit",
+    ),
+    "empty_body": (lambda c, j: c.post("/predict"), 422, "in the field 'files'"),
+    "wrong_field": (lambda c, j: post(c, j[0], field="image"), 422, "in the field 'files'"),
+    "empty_file": (lambda c, j: post(c, ("empty.jpg", b"")), 422, "empty.jpg: empty file"),
+    "too_many_files": (lambda c, j: post(c, *[j[0]] * 9), 422, "the limit is 8"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_gets_a_clear_4xx_and_the_service_keeps_working(client, jpegs, case):
+    send, status, message = BAD[case]
+    response = send(client, jpegs)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+    assert post(client, jpegs[0]).status_code == 200  # nothing else broke
+
+
+def test_prometheus_metrics_count_requests_latency_and_errors(export_dir, jpegs):
+    client = TestClient(create_app(export_dir))
+    post(client, *jpegs)
+    post(client, ("x.txt", b"text"))
+    client.get("/health")
+    text = client.get("/metrics").text
+    assert 'skinlesion_requests_total{endpoint="/predict",method="POST",status="200"} 1.0' in text
+    assert 'skinlesion_requests_total{endpoint="/predict",method="POST",status="415"} 1.0' in text
+    assert 'skinlesion_errors_total{endpoint="/predict",reason="not_an_image"} 1.0' in text
+    assert 'skinlesion_request_latency_seconds_count{endpoint="/predict"} 2.0' in text
+    assert "skinlesion_images_classified_total 3.0" in text
+
+
+def test_documented_serve_command_answers_over_http(export_dir, jpegs):
+    port = free_port()
+    command = [sys.executable, "-m", "skinlesion", "serve", "--model", str(export_dir), "--port", str(port)]
+    with running(command, f"http://127.0.0.1:{port}/health"):
+        response = requests.post(
+            f"http://127.0.0.1:{port}/predict", files=[("files", (n, d)) for n, d in jpegs], timeout=30
+        )
+        assert response.status_code == 200 and len(response.json()["predictions"]) == 3
+        assert "skinlesion_requests_total" in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
