@@ -42,6 +42,8 @@ CACHE = {
 }
 # GPUs each train job asks for (0 when training is pinned to the CPU).
 TRAIN_GPUS = 0 if config["train"]["accelerator"] == "cpu" else config["train"]["devices"]
+# The same request for IBM LSF (snakemake-executor-plugin-lsf ignores the gpu resource).
+LSF_GPU_REQUEST = f'-gpu "num={TRAIN_GPUS}:mode=exclusive_process"' if TRAIN_GPUS else ""
 
 DATA_OUTPUTS = [
     f"{DATA}/checksums.csv",

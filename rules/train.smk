@@ -40,7 +40,8 @@ rule train:
         tier="|".join(TIERS),
     threads: workflow.cores
     resources:
-        gpu=lambda wc: TRAIN_GPUS,
+        gpu=TRAIN_GPUS,
+        lsf_extra=LSF_GPU_REQUEST,
         mem_mb=config["train"]["mem_mb"],
         runtime=config["train"]["runtime"],
     benchmark:

@@ -213,7 +213,8 @@ def train_tier(
         shutil.copyfile(best, tmp)
     with atomic_path(out_history) as tmp:
         shutil.copyfile(history.path, tmp)
-    _finish_mlflow(logger, mlflow_cfg, tier, out_ckpt, out_history, provenance or {})
+    with store_lock(mlflow_cfg):
+        _finish_mlflow(logger, mlflow_cfg, tier, out_ckpt, out_history, provenance or {})
     with atomic_path(out_run_id) as tmp:
         tmp.write_text(run_id + "\n")
     best_score = checkpoint.best_model_score
@@ -230,19 +231,34 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+@contextlib.contextmanager
+def store_lock(mlflow_cfg: dict):
+    """Serialise set-up and registration on a local sqlite store, which train jobs running in parallel
+    (on a cluster) would otherwise race to create and migrate."""
+    uri = tracking_uri(mlflow_cfg)
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    with FileLock(uri.removeprefix("sqlite:///") + ".lock"):
+        yield
+
+
 def _mlflow_logger(mlflow_cfg: dict, tier: str, work: Path):
     """An MLflow logger that reuses the run of an interrupted attempt."""
     from lightning.pytorch.loggers import MLFlowLogger
 
     run_file = work / "mlflow_run_id"
-    logger = MLFlowLogger(
-        experiment_name=mlflow_cfg["experiment"],
-        tracking_uri=tracking_uri(mlflow_cfg),
-        run_name=tier,
-        run_id=run_file.read_text().strip() if run_file.exists() else None,
-        artifact_location=Path(mlflow_cfg["artifact_dir"]).resolve().as_uri(),
-    )
-    run_id = logger.run_id
+    with store_lock(mlflow_cfg):
+        logger = MLFlowLogger(
+            experiment_name=mlflow_cfg["experiment"],
+            tracking_uri=tracking_uri(mlflow_cfg),
+            run_name=tier,
+            run_id=run_file.read_text().strip() if run_file.exists() else None,
+            artifact_location=Path(mlflow_cfg["artifact_dir"]).resolve().as_uri(),
+        )
+        run_id = logger.run_id
     run_file.write_text(run_id)
     return logger, run_id
 
