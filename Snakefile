@@ -7,6 +7,10 @@ from pathlib import Path
 configfile: Path(workflow.basedir) / "workflow_config.yaml"
 
 
+# The image every rule runs in under --software-deployment-method apptainer (null: none).
+container: config["container"]
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"

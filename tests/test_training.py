@@ -6,10 +6,13 @@ import subprocess
 import time
 
 import pandas as pd
+import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, SNAKEMAKE, run_snakemake, sample_args
+from skinlesion.module import load_classifier
 
 TIERS = ("baseline_cnn", "resnet", "transfer")
 
@@ -84,3 +87,22 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     history = pd.read_csv(tmp_path / "results" / "models" / "resnet" / "history.csv")
     assert list(history["epoch"]) == list(range(40))
     assert (tmp_path / "results" / "models" / "resnet" / "mlflow_run_id.txt").read_text().strip() == run_id
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_with_two_gloo_processes(tmp_path):
+    """train.devices: 2 on the CPU: two DDP processes (gloo), one checkpoint, one MLflow run, metrics pooled."""
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text("train: {devices: 2, accelerator: cpu}\n")
+    run_snakemake(tmp_path, *sample_args("--", "results/models/baseline_cnn/best.ckpt", configfiles=(cfg,)))
+    results = tmp_path / "results"
+    log = (results / "logs" / "train" / "baseline_cnn.log").read_text()
+    assert "baseline_cnn trained in 2 process(es), strategy DDPStrategy" in log
+    history = pd.read_csv(results / "models" / "baseline_cnn" / "history.csv")
+    assert list(history["epoch"]) == [0, 1] and history["val/malignant_auroc"].between(0, 1).all()
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("skinlesion").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 1 logs nothing
+    model = load_classifier(results / "models" / "baseline_cnn" / "best.ckpt")
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)

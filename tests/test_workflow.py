@@ -1,11 +1,15 @@
 """The workflow as users run it: lint-clean, and end to end on the bundled sample."""
 
+import json
 import re
+import shutil
 import subprocess
 
 import pandas as pd
 
 from conftest import ROOT, SAMPLE, SNAKEMAKE, run_snakemake, sample_args, sample_run_args
+
+TIERS = ("baseline_cnn", "resnet", "transfer")
 
 
 def test_snakemake_lint_is_clean():
@@ -53,11 +57,15 @@ def test_corrupted_raw_file_stops_the_workflow_before_it_is_used(tmp_path):
 
 
 def test_rerun_from_scratch_gives_identical_results(sample_run, tmp_path):
-    """Same seed, same machine, CPU: split, metrics and predictions are byte-identical."""
-    run_snakemake(tmp_path, *sample_args("--", "results/metrics/comparison.csv"))
+    """Same seed, CPU, data in another folder: split, metrics, predictions and exports are byte-identical."""
+    data_copy = tmp_path / "elsewhere" / "sample"
+    shutil.copytree(SAMPLE, data_copy)
+    targets = ["results/metrics/comparison.csv", *(f"results/export/{t}/model.json" for t in TIERS)]
+    run_snakemake(tmp_path, *sample_args(f"data_dir={data_copy}", "--", *targets))
     same = ["data/split.csv", "data/split_counts.csv", "data/norm_stats.json", "metrics/comparison.csv"]
-    for tier in ("baseline_cnn", "resnet", "transfer"):
+    for tier in TIERS:
         same += [f"metrics/{tier}.json", f"predictions/{tier}_test.csv"]
+        same += [f"export/{tier}/model.onnx", f"export/{tier}/model.json"]
     for name in same:
         first = (sample_run / "results" / name).read_bytes()
         assert (tmp_path / "results" / name).read_bytes() == first, name
@@ -73,3 +81,27 @@ def test_changing_one_tier_reruns_only_that_tier(sample_run, tmp_path):
     assert jobs["train"] == 1 and jobs["evaluate"] == 1 and jobs["report"] == 1
     assert "download" not in jobs and "preprocess" not in jobs and "split" not in jobs
     assert "wildcards: tier=resnet" in out and "tier=baseline_cnn" not in out and "tier=transfer" not in out
+
+
+def test_every_result_carries_its_provenance(sample_run):
+    from mlflow.tracking import MlflowClient
+
+    results = sample_run / "results"
+    checksums = pd.read_csv(results / "data" / "checksums.csv")
+    files = [results / "metrics" / f"{t}.json" for t in TIERS]
+    files += [results / "metrics" / f"{t}_external.json" for t in TIERS]
+    files += [results / "export" / t / "model.json" for t in TIERS]
+    provenances = [json.loads(f.read_text())["provenance"] for f in files]
+    first = provenances[0]
+    assert all(p == first for p in provenances)
+    assert re.fullmatch(r"[0-9a-f]{40}( \(with uncommitted changes\))?", first["git_commit"])
+    assert re.fullmatch(r"[0-9a-f]{16}", first["config_sha256"]) and first["seed"] == 42
+    assert first["packages"]["torch"] == "2.14.1" and first["packages"]["snakemake"]
+    assert first["data_checksums"] == dict(zip(checksums["file"], checksums["md5"], strict=True))
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    for tier in TIERS:
+        run = client.get_run((results / "models" / tier / "mlflow_run_id.txt").read_text().strip())
+        assert run.data.tags["git_commit"] == first["git_commit"]
+        assert run.data.tags["config_sha256"] == first["config_sha256"]
+    report = (results / "report.html").read_text()
+    assert first["git_commit"] in report and first["config_sha256"] in report

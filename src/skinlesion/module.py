@@ -69,6 +69,8 @@ class LesionClassifier(L.LightningModule):
         self.register_buffer("log_prior", log_prior, persistent=False)
         self.binary = list(class_names) == ["benign", "malignant"]
         self.val_metrics = self._metrics("val")
+        # Metrics are torchmetrics objects, so DDP ranks pool their states before computing.
+        self.val_malignant_auroc = None if self.binary else BinaryAUROC()
 
     def _metrics(self, prefix: str) -> MetricCollection:
         n = len(self.hparams.class_names)
@@ -110,30 +112,25 @@ class LesionClassifier(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self._loss(self(x), y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x).float()
-        self.log("val/loss", self._loss(logits, y), on_epoch=True, prog_bar=True)
+        self.log("val/loss", self._loss(logits, y), on_epoch=True, prog_bar=True, sync_dist=True)
         probs = torch.softmax(logits, dim=1)
         self.val_metrics.update(probs[:, 1] if self.binary else probs, y)
         if not self.binary:
-            self._malignant_scores.append(self.p_malignant(probs))
             malignant = torch.tensor([CLASSES.index(c) for c in MALIGNANT], device=y.device)
-            self._malignant_labels.append(torch.isin(y, malignant))
-
-    def on_validation_epoch_start(self):
-        self._malignant_scores, self._malignant_labels = [], []
+            self.val_malignant_auroc.update(self.p_malignant(probs), torch.isin(y, malignant).long())
 
     def on_validation_epoch_end(self):
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
         self.val_metrics.reset()
-        if not self.binary and self._malignant_scores:
-            auroc = BinaryAUROC().to(self.device)
-            value = auroc(torch.cat(self._malignant_scores), torch.cat(self._malignant_labels).long())
-            self.log("val/malignant_auroc", value, prog_bar=True)
+        if not self.binary:
+            self.log("val/malignant_auroc", self.val_malignant_auroc.compute(), prog_bar=True)
+            self.val_malignant_auroc.reset()
 
     def configure_optimizers(self):
         """AdamW with a linear warm-up and a cosine decay, stepped every batch."""

@@ -35,7 +35,10 @@ PACKAGES = [
 
 
 def git_commit(workflow_dir: str | os.PathLike) -> str:
-    """HEAD of the workflow's checkout, marked when tracked files have uncommitted changes."""
+    """HEAD of the workflow's checkout, marked when tracked files have uncommitted changes.
+
+    Without a git checkout (a container image), the SKINLESION_GIT_COMMIT environment variable.
+    """
 
     def git(*args: str) -> str:
         try:
@@ -46,13 +49,22 @@ def git_commit(workflow_dir: str | os.PathLike) -> str:
             return "unknown"
 
     commit = git("rev-parse", "HEAD")
+    if commit == "unknown":
+        return os.environ.get("SKINLESION_GIT_COMMIT", "unknown")
     if commit != "unknown" and git("status", "--porcelain", "--untracked-files=no"):
         commit += " (with uncommitted changes)"
     return commit
 
 
+# Where things are, not what is computed: the data's identity is in its checksums instead, so a
+# reviewer with the data in another folder gets the same hash (and byte-identical results).
+LOCATION_KEYS = ("data_dir", "external_test_dir", "mlflow")
+
+
 def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """SHA-256 (16 hex digits) of the resolved config, location keys left out."""
+    relevant = {k: v for k, v in config.items() if k not in LOCATION_KEYS}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _version(package: str) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 
 from skinlesion.datamodule import LesionDataModule, class_names
 from skinlesion.io import atomic_path, md5sum
@@ -159,10 +160,14 @@ def train_tier(
     fingerprint = _fingerprint(settings, seed, [index, split, stats])
     fp_file, last = work / "fingerprint", work / "last.ckpt"
     resume = last.exists() and fp_file.exists() and fp_file.read_text() == fingerprint
-    if not resume and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    fp_file.write_text(fingerprint)
+    # With DDP, Lightning starts ranks 1..N-1 by rerunning this job's script; only rank 0 manages
+    # the work folder and the MLflow run.
+    rank_zero = rank_zero_only.rank == 0
+    if rank_zero:
+        if not resume and work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        fp_file.write_text(fingerprint)
 
     L.seed_everything(seed, workers=True)
     dm, model = build(tier, settings, images=images, index=index, split=split, stats=stats, seed=seed)
@@ -178,7 +183,7 @@ def train_tier(
     if settings["early_stopping_patience"]:
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=settings["early_stopping_patience"]))
 
-    logger, run_id = _mlflow_logger(mlflow_cfg, tier, work)
+    logger, run_id = _mlflow_logger(mlflow_cfg, tier, work) if rank_zero else (False, None)
     precision = resolve_precision(settings["precision"], settings["accelerator"])
     devices = settings["devices"]
     trainer = L.Trainer(
@@ -203,11 +208,13 @@ def train_tier(
         history.truncate(done)
     else:
         log.info("training %s from scratch (precision %s)", tier, precision)
-    logger.log_hyperparams({"tier": tier, "seed": seed, "precision": precision, **_flatten(settings)})
+    if logger:
+        logger.log_hyperparams({"tier": tier, "seed": seed, "precision": precision, **_flatten(settings)})
     trainer.fit(model, datamodule=dm, ckpt_path=str(last) if resume else None)
 
     if trainer.global_rank != 0:
         return {}
+    log.info("%s trained in %d process(es), strategy %s", tier, trainer.world_size, type(trainer.strategy).__name__)
     best = Path(checkpoint.best_model_path or last)
     with atomic_path(out_ckpt) as tmp:
         shutil.copyfile(best, tmp)
