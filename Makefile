@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11, pip and make:
 #   make demo   create .venv, install the pinned dependencies, run the workflow on the bundled sample
-#   make test   the same set-up, then the test suite
+#   make test   the same set-up, then the whole test suite (what CI runs)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PYTHON := $(PYTHON)
 VENV := .venv
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Rules that run shell commands (nbconvert) find the environment's executables, as if activated.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv demo test test-all lint clean
+.PHONY: venv demo test test-fast lint serve app clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,17 @@ demo: $(STAMP)
 	$(BIN)/snakemake --profile profiles/sample
 
 test: $(STAMP)
+	$(BIN)/pytest
+
+test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow"
 
-test-all: $(STAMP)
-	$(BIN)/pytest
+# The inference service and the Streamlit app on the default run's exported baseline CNN.
+serve: $(STAMP)
+	$(BIN)/skinlesion serve --model results/export/baseline_cnn
+
+app: $(STAMP)
+	$(BIN)/skinlesion app --model results/export/baseline_cnn
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

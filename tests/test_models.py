@@ -100,3 +100,16 @@ def test_pretrained_loads_a_local_weights_file(tmp_path):
     model = build_transfer(7, "efficientnet_b0", pretrained=True, weights_file=str(tmp_path / "model.safetensors"))
     assert torch.equal(model.conv_stem.weight, source.conv_stem.weight)
     assert model.get_classifier().out_features == 7
+
+
+@pytest.mark.parametrize("tier", list(SMALL))
+def test_no_pooling_without_a_deterministic_cuda_backward(tier):
+    """nn.AdaptiveAvgPool2d's CUDA backward raises under deterministic training; every tier pools by a mean."""
+    from timm.layers.adaptive_avgmax_pool import FastAdaptiveAvgPool
+
+    from skinlesion.models import GlobalAvgPool, build_model
+
+    net = build_model(tier, 7, SMALL[tier])
+    modules = list(net.modules())
+    assert not any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in modules)
+    assert any(isinstance(m, GlobalAvgPool | FastAdaptiveAvgPool) for m in modules)

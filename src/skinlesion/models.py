@@ -18,6 +18,25 @@ from skinlesion.config import TIERS
 log = logging.getLogger(__name__)
 
 
+class GlobalAvgPool(nn.Module):
+    """Global average pooling as a mean: unlike nn.AdaptiveAvgPool2d its CUDA backward is deterministic,
+    so training stays runnable under ``torch.use_deterministic_algorithms(True)`` on a GPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+def deterministic_pooling(net: nn.Module) -> nn.Module:
+    """Swap a timm model's adaptive average pooling for the equivalent mean (same outputs)."""
+    from timm.layers import SelectAdaptivePool2d
+    from timm.layers.adaptive_avgmax_pool import FastAdaptiveAvgPool
+
+    for module in net.modules():
+        if isinstance(module, SelectAdaptivePool2d) and isinstance(module.pool, nn.AdaptiveAvgPool2d):
+            module.pool = FastAdaptiveAvgPool(flatten=False)
+    return net
+
+
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
@@ -36,7 +55,7 @@ class BaselineCNN(nn.Module):
             cin = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes)
+            GlobalAvgPool(), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +108,7 @@ class ResNet(nn.Module):
                 cin = width
         self.stages = nn.Sequential(*stages)
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes)
+            GlobalAvgPool(), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,6 +137,10 @@ def build_transfer(
     kwargs = {"num_classes": num_classes, "drop_rate": dropout}
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
+    return deterministic_pooling(_create(timm, backbone, pretrained, weights_file, kwargs))
+
+
+def _create(timm, backbone: str, pretrained: bool, weights_file: str | None, kwargs: dict) -> nn.Module:
     if not pretrained:
         return timm.create_model(backbone, pretrained=False, **kwargs)
     if weights_file:
