@@ -18,13 +18,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from skinlesion.inference import ImageError, OnnxClassifier, decode
+from skinlesion.inference import MAX_PIXELS, ImageError, OnnxClassifier, decode
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = Path(os.environ.get("SKINLESION_MODEL", "results/export/baseline_cnn"))
 SERVICE_URL = os.environ.get("SKINLESION_SERVICE_URL") or None
 SAMPLES = Path(os.environ.get("SKINLESION_SAMPLES", ROOT / "data" / "sample"))
-MAX_PIXELS = 40_000_000
 NOTICE = (
     "Research tool, not a diagnosis. This model was trained on one public dataset (HAM10000) and "
     "has not been validated for clinical use. Anyone worried about a skin lesion should see a doctor."

@@ -22,6 +22,7 @@ from PIL import Image
 from skinlesion.preprocess import load_square
 
 CONTRACT_FORMAT = "skinlesion-onnx/1"
+MAX_PIXELS = 40_000_000  # the largest image (width x height) decoded; dermatoscopes give well under 20 MP
 
 
 class ImageError(ValueError):

@@ -54,9 +54,7 @@ class BaselineCNN(nn.Module):
             layers.append(nn.MaxPool2d(2))
             cin = width
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(
-            GlobalAvgPool(), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes)
-        )
+        self.head = nn.Sequential(GlobalAvgPool(), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -107,9 +105,7 @@ class ResNet(nn.Module):
                 stages.append(BasicBlock(cin, width, stride=2 if i > 0 and j == 0 else 1))
                 cin = width
         self.stages = nn.Sequential(*stages)
-        self.head = nn.Sequential(
-            GlobalAvgPool(), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes)
-        )
+        self.head = nn.Sequential(GlobalAvgPool(), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))
