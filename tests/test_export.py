@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 from conftest import FULLRES, ROOT, need
 from skinlesion import MALIGNANT
 from skinlesion.datamodule import load_split_table
-from skinlesion.export import Deployed, export_tier, fit_temperature, sha256
+from skinlesion.export import Deployed, export_tier, fit_temperature, sha256, weights_sha256
 from skinlesion.inference import OnnxClassifier, decode, to_input
 from skinlesion.metrics import sens_spec
 from skinlesion.module import load_classifier
@@ -45,7 +45,7 @@ def test_sidecar_is_the_inference_contract(sample_run, tier):
     export = sample_run / "results" / "export" / tier
     c = json.loads((export / "model.json").read_text())
     assert c["onnx_sha256"] == sha256(export / "model.onnx")
-    assert c["checkpoint_sha256"] == sha256(sample_run / c["checkpoint"])
+    assert c["weights_sha256"] == weights_sha256(load_classifier(sample_run / c["checkpoint"]))
     assert c["class_names"] == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     assert c["malignant_classes"] == list(MALIGNANT)
     assert c["input"]["size"] == 32 and c["preprocess"]["cache_size"] == 128  # profiles/sample/sample.yaml

@@ -3,7 +3,7 @@
 Start it with ``skinlesion app --model results/export/baseline_cnn`` (in-process ONNX Runtime) or
 add ``--service http://127.0.0.1:8000`` to ask a running ``skinlesion serve`` instead. The
 Grad-CAM overlay needs the tier's PyTorch checkpoint (the one the sidecar names, checked against
-its SHA-256). Settings come from the environment the ``skinlesion app`` command sets:
+the weights' SHA-256). Settings come from the environment the ``skinlesion app`` command sets:
 SKINLESION_MODEL, SKINLESION_SERVICE_URL, SKINLESION_CHECKPOINT, SKINLESION_SAMPLES.
 """
 
@@ -38,13 +38,17 @@ def classifier(model_dir: str) -> OnnxClassifier:
 @st.cache_resource
 def torch_model(checkpoint: str, expected_sha256: str):
     """The checkpoint behind the export, for Grad-CAM; None when it is missing or does not match."""
-    from skinlesion.export import sha256
+    from skinlesion.export import weights_sha256
     from skinlesion.module import load_classifier
 
     path = Path(checkpoint)
-    if not path.is_file() or sha256(path) != expected_sha256:
+    if not path.is_file():
         return None
-    return load_classifier(path)
+    try:
+        model = load_classifier(path)
+    except Exception:  # noqa: BLE001 - any unreadable file means no Grad-CAM, not a broken app
+        return None
+    return model if weights_sha256(model) == expected_sha256 else None
 
 
 @st.cache_data
@@ -135,7 +139,7 @@ if data is not None:
     probs = pd.DataFrame({"probability": result["probabilities"]})
     mid.bar_chart(probs, horizontal=True, height=260)
     checkpoint = os.environ.get("SKINLESION_CHECKPOINT") or contract.get("checkpoint", "")
-    model = torch_model(checkpoint, contract["checkpoint_sha256"])
+    model = torch_model(checkpoint, contract["weights_sha256"])
     if model is None:
         right.info("Grad-CAM needs the tier's checkpoint (set --checkpoint); it was not found or does not match.")
     else:

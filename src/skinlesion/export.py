@@ -76,6 +76,17 @@ def sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of a network's weights (names, dtypes, shapes, values). Unlike the checkpoint file's
+    hash it is the same for a rerun: Lightning checkpoints also record run-specific paths."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def export_tier(
     ckpt: str,
     images_npy: str,
@@ -166,7 +177,7 @@ def export_tier(
         "opset": OPSET,
         "onnx_sha256": sha256(out_onnx),
         "checkpoint": str(ckpt),
-        "checkpoint_sha256": sha256(ckpt),
+        "weights_sha256": weights_sha256(model),
         "provenance": provenance or {},
     }
     with atomic_path(out_contract) as tmp:
