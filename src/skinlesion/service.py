@@ -149,11 +149,13 @@ def create_app(
     async def predict(files: Annotated[list[UploadFile], File(description="One or more JPEG/PNG images")]) -> dict:
         if len(files) > max_files:
             raise HTTPException(422, f"{len(files)} files in one request; the limit is {max_files}")
-        squares = []
-        for i, upload in enumerate(files):
-            name = upload.filename or f"{FIELD}[{i}]"
-            squares.append((name, decode(name, await upload.read(), size=classifier.cache_size, max_pixels=max_pixels)))
-        predictions = await run_in_threadpool(classifier.predict, squares)
+        uploads = [(upload.filename or f"{FIELD}[{i}]", await upload.read()) for i, upload in enumerate(files)]
+
+        def classify():  # decoding and inference are CPU work: off the event loop
+            squares = [(n, decode(n, data, size=classifier.cache_size, max_pixels=max_pixels)) for n, data in uploads]
+            return classifier.predict(squares)
+
+        predictions = await run_in_threadpool(classify)
         images.inc(len(predictions))
         return {
             "model_version": classifier.version,
