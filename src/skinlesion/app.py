@@ -9,7 +9,7 @@ SKINLESION_MODEL, SKINLESION_SERVICE_URL, SKINLESION_CHECKPOINT, SKINLESION_SAMP
 
 from __future__ import annotations
 
-import io
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -150,4 +150,4 @@ if data is not None:
         right.image(overlay(square, cam), caption=f"Grad-CAM for '{result['predicted_class']}'", width="stretch")
     with st.expander("Raw output"):
         st.json(result)
-    st.download_button("Download result (JSON)", io.StringIO(pd.Series(result).to_json()).getvalue(), "result.json")
+    st.download_button("Download result (JSON)", json.dumps(result, indent=2), "result.json")
