@@ -12,6 +12,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, SNAKEMAKE, run_snakemake, sample_args
+from skinlesion.config import load_config, tier_settings
+from skinlesion.datamodule import LesionDataModule
 from skinlesion.module import load_classifier
 
 TIERS = ("baseline_cnn", "resnet", "transfer")
@@ -35,6 +37,34 @@ def test_mlflow_holds_each_run_with_params_metrics_and_artifacts(sample_run):
         assert {a.path for a in client.list_artifacts(run_id, "history")} == {"history/history.csv"}
         versions = client.search_model_versions(f"name='skinlesion-{tier}'")
         assert any(v.run_id == run_id for v in versions)
+
+
+def test_colour_jitter_differs_per_image_and_spares_evaluation_batches(sample_run):
+    data = sample_run / "results" / "data"
+    settings = tier_settings(load_config()["train"], "baseline_cnn")
+    dm = LesionDataModule(
+        *(str(data / f) for f in ("images.npy", "index.csv", "split.csv", "norm_stats.json")),
+        image_size=settings["image_size"],
+        augment=settings["augment"],
+        num_workers=0,
+    )
+    image = dm.dataset("val")[0][0]
+    batch = (image.expand(8, -1, -1, -1).clone(), torch.zeros(8, dtype=torch.long))
+    dm.trainer = type("Trainer", (), {"training": False})()
+    assert dm.on_after_batch_transfer(batch, 0)[0] is batch[0]
+    dm.trainer.training = True
+    torch.manual_seed(0)
+    jittered = dm.on_after_batch_transfer(batch, 0)[0]
+    assert jittered.shape == batch[0].shape and jittered.min() >= 0 and jittered.max() <= 255
+    # Eight copies of one image come out as eight different images.
+    assert len({tuple(x.flatten()[:64].tolist()) for x in jittered.round()}) == 8
+
+
+def test_checkpoints_hold_the_averaged_weights(sample_run):
+    ckpt = torch.load(sample_run / "results/models/baseline_cnn/work/last.ckpt", map_location="cpu", weights_only=False)
+    averaged, current = ckpt["state_dict"], ckpt["current_model_state"]
+    assert averaged.keys() == current.keys()
+    assert any(not torch.equal(averaged[k], current[k]) for k in averaged if averaged[k].is_floating_point())
 
 
 def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from skinlesion import CLASSES  # noqa: E402
-from skinlesion.datamodule import eval_transform, load_split_table, train_transform  # noqa: E402
+from skinlesion.datamodule import color_transform, eval_transform, load_split_table, train_transform  # noqa: E402
 from skinlesion.io import atomic_path  # noqa: E402
 
 
@@ -32,7 +32,13 @@ def augment_preview(
     table = load_split_table(index_csv, split_csv)
     images = np.load(images_npy, mmap_mode="r")
     size = settings["image_size"]
-    plain, augment = eval_transform(size), train_transform(size, settings["augment"])
+    plain, geometric = eval_transform(size), train_transform(size, settings["augment"])
+    color = color_transform(settings["augment"])
+
+    def augment(img: torch.Tensor) -> torch.Tensor:
+        out = geometric(img)
+        return out if color is None else color(out[None])[0].round().clamp(0, 255).to(torch.uint8)
+
     rows = []
     for dx in CLASSES:
         candidates = table.loc[(table["dx"] == dx) & (table["split"] == "train"), ["row", "image_id"]].to_numpy()

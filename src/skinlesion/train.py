@@ -21,7 +21,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, WeightAveraging
 from lightning.pytorch.utilities import rank_zero_only
 
 from skinlesion.datamodule import LesionDataModule, class_names
@@ -41,6 +41,19 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     if on_gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32-true"
+
+
+class EMA(WeightAveraging):
+    """Exponential moving average of the weights (and BatchNorm buffers), updated every step, with
+    the usual warm-up: after ``n`` updates the decay is ``min(decay, (1 + n) / (10 + n))``, so the
+    random initial weights do not dominate the average of a short run."""
+
+    def __init__(self, decay: float):
+        def ema(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+            d = torch.clamp((1 + n) / (10 + n), max=decay)
+            return averaged + (current - averaged) * (1 - d)
+
+        super().__init__(avg_fn=ema)
 
 
 class EpochHistory(Callback):
@@ -180,6 +193,9 @@ def train_tier(
         dirpath=work, filename="best", monitor=monitor, mode="max", save_last=True, save_on_train_epoch_end=True
     )
     callbacks = [checkpoint, history]
+    if settings["ema_decay"]:
+        # Validation, checkpoints (best.ckpt's state_dict) and the final model use the averaged weights.
+        callbacks.append(EMA(settings["ema_decay"]))
     if settings["early_stopping_patience"]:
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=settings["early_stopping_patience"]))
 
