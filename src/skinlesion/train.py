@@ -192,10 +192,12 @@ def train_tier(
     checkpoint = ModelCheckpoint(
         dirpath=work, filename="best", monitor=monitor, mode="max", save_last=True, save_on_train_epoch_end=True
     )
-    callbacks = [checkpoint, history]
+    callbacks = [checkpoint]
     if settings["ema_decay"]:
         # Validation, checkpoints (best.ckpt's state_dict) and the final model use the averaged weights.
+        # Before the history, so that the EMA update counts as step time, not as data wait.
         callbacks.append(EMA(settings["ema_decay"]))
+    callbacks.append(history)
     if settings["early_stopping_patience"]:
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=settings["early_stopping_patience"]))
 
