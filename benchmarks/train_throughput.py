@@ -15,7 +15,6 @@ import json
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,10 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def measure(tier: str, data: Path, batches: int, warmup: int, overrides: dict) -> dict:
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import Callback
 
     from skinlesion.config import load_config, tier_settings
-    from skinlesion.train import build, resolve_precision
+    from skinlesion.train import StepTimer, build, resolve_precision
 
     config = load_config()
     settings = {**tier_settings(config["train"], tier), **overrides}
@@ -35,37 +33,7 @@ def measure(tier: str, data: Path, batches: int, warmup: int, overrides: dict) -
     files = {"images": "images.npy", "index": "index.csv", "split": "split.csv", "stats": "norm_stats.json"}
     dm, model = build(tier, settings, **{name: str(data / f) for name, f in files.items()})
 
-    class Timer(Callback):
-        def __init__(self):
-            self.wait, self.busy, self.mark, self.steps = [], [], None, 0
-
-        def on_train_epoch_start(self, trainer, pl_module):
-            self.mark = time.perf_counter()
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            now = time.perf_counter()
-            self.wait.append(now - self.mark)
-            self.mark = now
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            now = time.perf_counter()
-            self.busy.append(now - self.mark)
-            self.mark = now
-
-    timer = Timer()
-    # Colour jitter runs on whole batches in the main process between two steps: timed apart from
-    # the wait for the DataLoader.
-    jitter_s = []
-    if dm.color is not None:
-        color = dm.color
-
-        def timed_color(x):
-            start = time.perf_counter()
-            out = color(x)
-            jitter_s.append(time.perf_counter() - start)
-            return out
-
-        dm.color = timed_color
+    timer = StepTimer()
     precision = resolve_precision(settings["precision"], settings["accelerator"])
     trainer = L.Trainer(
         accelerator=settings["accelerator"],
@@ -81,8 +49,7 @@ def measure(tier: str, data: Path, batches: int, warmup: int, overrides: dict) -
         callbacks=[timer],
     )
     trainer.fit(model, datamodule=dm)
-    wait, busy = sum(timer.wait[warmup:]), sum(timer.busy[warmup:])
-    jitter = sum(jitter_s[warmup:])
+    wait, jitter, busy = (sum(times[warmup:]) for times in (timer.wait, timer.jitter, timer.busy))
     steps = len(timer.busy) - warmup
     peak_mb = (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -92,9 +59,9 @@ def measure(tier: str, data: Path, batches: int, warmup: int, overrides: dict) -
         "image_size": settings["image_size"],
         "precision": precision,
         "num_workers": settings["num_workers"],
-        "images_per_s": round(steps * settings["batch_size"] / (wait + busy), 1),
-        "data_wait_pct": round(100 * (wait - jitter) / (wait + busy), 1),
-        "jitter_pct": round(100 * jitter / (wait + busy), 1),
+        "images_per_s": round(steps * settings["batch_size"] / (wait + jitter + busy), 1),
+        "data_wait_pct": round(100 * wait / (wait + jitter + busy), 1),
+        "jitter_pct": round(100 * jitter / (wait + jitter + busy), 1),
         "peak_rss_mb": round(peak_mb),
         "threads": torch.get_num_threads(),
     }

@@ -15,6 +15,7 @@ from conftest import ROOT, SNAKEMAKE, run_snakemake, sample_args
 from skinlesion.config import load_config, tier_settings
 from skinlesion.datamodule import LesionDataModule
 from skinlesion.module import load_classifier
+from skinlesion.train import StepTimer, build
 
 TIERS = ("baseline_cnn", "resnet", "transfer")
 
@@ -58,6 +59,39 @@ def test_colour_jitter_differs_per_image_and_spares_evaluation_batches(sample_ru
     assert jittered.shape == batch[0].shape and jittered.min() >= 0 and jittered.max() <= 255
     # Eight copies of one image come out as eight different images.
     assert len({tuple(x.flatten()[:64].tolist()) for x in jittered.round()}) == 8
+
+
+def test_step_timer_counts_the_batched_jitter_as_work_not_as_data_wait(sample_run):
+    """``time/data_wait_frac`` (and the throughput benchmark) must blame the DataLoader only."""
+    import lightning as L
+
+    data = sample_run / "results" / "data"
+    settings = {**tier_settings(load_config()["train"], "baseline_cnn"), "num_workers": 0, "batch_size": 8}
+    files = {"images": "images.npy", "index": "index.csv", "split": "split.csv", "stats": "norm_stats.json"}
+    dm, model = build("baseline_cnn", settings, **{name: str(data / f) for name, f in files.items()})
+    jitter = dm.color
+
+    def slow_jitter(x):
+        time.sleep(0.2)
+        return jitter(x)
+
+    dm.color = slow_jitter
+    timer = StepTimer()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=4,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(model, datamodule=dm)
+    assert len(timer.jitter) == len(timer.wait) == len(timer.busy) == 4
+    assert min(timer.jitter) >= 0.2 and sum(timer.jitter) == pytest.approx(dm.jitter_seconds)
+    assert max(timer.wait) < 0.2
 
 
 def test_checkpoints_hold_the_averaged_weights(sample_run):

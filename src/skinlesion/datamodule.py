@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import lightning as L
@@ -139,6 +140,7 @@ class LesionDataModule(L.LightningDataModule):
         self.mean, self.std = stats["mean"], stats["std"]
         self.augment = augment
         self.color = color_transform(augment)
+        self.jitter_seconds = 0.0  # time spent on the batched colour jitter so far (for the timing callbacks)
         self.num_classes = len(class_names(task))
 
     def _rows(self, split: str) -> np.ndarray:
@@ -176,7 +178,10 @@ class LesionDataModule(L.LightningDataModule):
         """Colour-jitter training batches on the training device; evaluation batches stay as they are."""
         if self.color is not None and self.trainer is not None and self.trainer.training:
             x, y = batch
-            return self.color(x), y
+            start = time.perf_counter()
+            x = self.color(x)
+            self.jitter_seconds += time.perf_counter() - start
+            return x, y
         return batch
 
     def val_dataloader(self) -> DataLoader:

@@ -56,34 +56,44 @@ class EMA(WeightAveraging):
         super().__init__(avg_fn=ema)
 
 
-class EpochHistory(Callback):
-    """Per-epoch metrics, epoch time and the share of step time spent waiting for data.
+def jitter_seconds(trainer) -> float:
+    """Time the datamodule has spent on the batched colour jitter, which runs between two steps."""
+    return getattr(trainer.datamodule, "jitter_seconds", 0.0)
+
+
+class StepTimer(Callback):
+    """Per training step of the current epoch: the wait for the DataLoader, the batched colour jitter
+    (which runs between two steps) and the step itself, in seconds."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.wait, self.jitter, self.busy = [], [], []
+        self._epoch_start = self._mark = time.perf_counter()
+        self._jitter_mark = jitter_seconds(trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        now, jitter = time.perf_counter(), jitter_seconds(trainer)
+        self.jitter.append(jitter - self._jitter_mark)
+        self.wait.append(now - self._mark - self.jitter[-1])
+        self._mark, self._jitter_mark = now, jitter
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        self.busy.append(now - self._mark)
+        self._mark = now
+
+
+class EpochHistory(StepTimer):
+    """Per-epoch metrics, epoch time and the share of step time spent waiting for the DataLoader.
 
     Rows are appended to ``path`` as each epoch ends, so a resumed run keeps earlier epochs.
     """
 
     def __init__(self, path: Path):
         self.path = path
-        self._wait = self._busy = 0.0
-        self._mark = None
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._wait = self._busy = 0.0
-        self._epoch_start = self._mark = time.perf_counter()
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        now = time.perf_counter()
-        self._wait += now - self._mark  # since the previous step ended: the loader's time
-        self._mark = now
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        now = time.perf_counter()
-        self._busy += now - self._mark
-        self._mark = now
 
     def on_train_epoch_end(self, trainer, pl_module):
-        total = self._wait + self._busy
-        pl_module.log("time/data_wait_frac", self._wait / total if total else 0.0)
+        wait, total = sum(self.wait), sum(self.wait) + sum(self.jitter) + sum(self.busy)
+        pl_module.log("time/data_wait_frac", wait / total if total else 0.0)
         pl_module.log("time/train_epoch_s", time.perf_counter() - self._epoch_start)
         if trainer.global_rank != 0:
             return
