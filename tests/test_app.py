@@ -3,6 +3,7 @@
 import sys
 
 import pytest
+import requests
 from streamlit.testing.v1 import AppTest
 
 from conftest import ARTIFACTS, FULLRES, ROOT, chromium, free_port, need, running
@@ -83,7 +84,8 @@ def test_upload_in_headless_chromium(app_env):
     export = str(app_env / "results" / "export" / "baseline_cnn")
     command = [sys.executable, "-m", "skinlesion", "app", "--model", export, "--port", str(port)]
     errors = []
-    with running(command, f"http://127.0.0.1:{port}/_stcore/health", cwd=app_env), sync_playwright() as p:
+    health = f"http://127.0.0.1:{port}/_stcore/health"
+    with running(command, health, cwd=app_env), sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -98,4 +100,7 @@ def test_upload_in_headless_chromium(app_env):
         browser.close()
     assert image.name in body and "not a diagnosis" in body and "Malignant probability" in body
     assert errors == []
+    # Stopping `skinlesion app` stops the server: no orphaned Streamlit process keeps the port.
+    with pytest.raises(requests.ConnectionError):
+        requests.get(health, timeout=2)
     assert (ARTIFACTS / "app.png").stat().st_size > 50_000

@@ -55,7 +55,6 @@ def _serve(args: argparse.Namespace) -> None:
 
 def _app(args: argparse.Namespace) -> None:
     import os
-    import subprocess
 
     env = os.environ | {"SKINLESION_MODEL": str(Path(args.model).resolve())}
     if args.service:
@@ -66,7 +65,8 @@ def _app(args: argparse.Namespace) -> None:
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true"]
     command += ["--server.address", args.host, "--server.port", str(args.port), "--browser.gatherUsageStats", "false"]
     command += ["--client.toolbarMode", "viewer"]
-    raise SystemExit(subprocess.call(command, env=env))
+    # Become the Streamlit server (no child process), so that a signal to this process stops it.
+    os.execve(sys.executable, command, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
