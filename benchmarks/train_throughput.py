@@ -25,7 +25,7 @@ def measure(tier: str, data: Path, batches: int, warmup: int, overrides: dict) -
     import torch
 
     from skinlesion.config import load_config, tier_settings
-    from skinlesion.train import StepTimer, build, resolve_precision
+    from skinlesion.train import build, resolve_precision, time_training_steps
 
     config = load_config()
     settings = {**tier_settings(config["train"], tier), **overrides}
@@ -33,22 +33,7 @@ def measure(tier: str, data: Path, batches: int, warmup: int, overrides: dict) -
     files = {"images": "images.npy", "index": "index.csv", "split": "split.csv", "stats": "norm_stats.json"}
     dm, model = build(tier, settings, **{name: str(data / f) for name, f in files.items()})
 
-    timer = StepTimer()
-    precision = resolve_precision(settings["precision"], settings["accelerator"])
-    trainer = L.Trainer(
-        accelerator=settings["accelerator"],
-        devices=1,
-        precision=precision,
-        max_epochs=1,
-        limit_train_batches=batches,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    trainer.fit(model, datamodule=dm)
+    timer = time_training_steps(dm, model, settings, batches)
     wait, jitter, busy = (sum(times[warmup:]) for times in (timer.wait, timer.jitter, timer.busy))
     steps = len(timer.busy) - warmup
     peak_mb = (
@@ -57,7 +42,7 @@ def measure(tier: str, data: Path, batches: int, warmup: int, overrides: dict) -
     return {
         "tier": tier,
         "image_size": settings["image_size"],
-        "precision": precision,
+        "precision": resolve_precision(settings["precision"], settings["accelerator"]),
         "num_workers": settings["num_workers"],
         "images_per_s": round(steps * settings["batch_size"] / (wait + jitter + busy), 1),
         "data_wait_pct": round(100 * wait / (wait + jitter + busy), 1),

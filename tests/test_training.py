@@ -15,7 +15,7 @@ from conftest import ROOT, SNAKEMAKE, run_snakemake, sample_args
 from skinlesion.config import load_config, tier_settings
 from skinlesion.datamodule import LesionDataModule
 from skinlesion.module import load_classifier
-from skinlesion.train import StepTimer, build
+from skinlesion.train import build, time_training_steps
 
 TIERS = ("baseline_cnn", "resnet", "transfer")
 
@@ -63,8 +63,6 @@ def test_colour_jitter_differs_per_image_and_spares_evaluation_batches(sample_ru
 
 def test_step_timer_counts_the_batched_jitter_as_work_not_as_data_wait(sample_run):
     """``time/data_wait_frac`` (and the throughput benchmark) must blame the DataLoader only."""
-    import lightning as L
-
     data = sample_run / "results" / "data"
     settings = {**tier_settings(load_config()["train"], "baseline_cnn"), "num_workers": 0, "batch_size": 8}
     files = {"images": "images.npy", "index": "index.csv", "split": "split.csv", "stats": "norm_stats.json"}
@@ -76,19 +74,7 @@ def test_step_timer_counts_the_batched_jitter_as_work_not_as_data_wait(sample_ru
         return jitter(x)
 
     dm.color = slow_jitter
-    timer = StepTimer()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=4,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    trainer.fit(model, datamodule=dm)
+    timer = time_training_steps(dm, model, {**settings, "accelerator": "cpu"}, batches=4)
     assert len(timer.jitter) == len(timer.wait) == len(timer.busy) == 4
     assert min(timer.jitter) >= 0.2 and sum(timer.jitter) == pytest.approx(dm.jitter_seconds)
     assert max(timer.wait) < 0.2

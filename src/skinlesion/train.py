@@ -82,6 +82,26 @@ class StepTimer(Callback):
         self._mark = now
 
 
+def time_training_steps(dm, model, settings: dict, batches: int) -> StepTimer:
+    """Train one epoch of ``batches`` batches (no validation, logging or checkpoints); return its step times."""
+    timer = StepTimer()
+    trainer = L.Trainer(
+        accelerator=settings["accelerator"],
+        devices=1,
+        precision=resolve_precision(settings["precision"], settings["accelerator"]),
+        max_epochs=1,
+        limit_train_batches=batches,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(model, datamodule=dm)
+    return timer
+
+
 class EpochHistory(StepTimer):
     """Per-epoch metrics, epoch time and the share of step time spent waiting for the DataLoader.
 
