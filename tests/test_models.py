@@ -62,6 +62,30 @@ def test_focal_loss_matches_cross_entropy_at_gamma_zero():
     assert focal_loss(logits, y, gamma=2.0) < torch.nn.functional.cross_entropy(logits, y)
 
 
+@pytest.mark.parametrize("alphas", [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_mixup_cutmix_train_on_mixed_images_and_soft_labels(alphas, monkeypatch):
+    torch.manual_seed(0)
+    model = classifier("baseline_cnn", mixup_alpha=alphas[0], cutmix_alpha=alphas[1]).train()
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    y = torch.arange(8) % 7
+    seen = {}
+    model.register_forward_pre_hook(lambda module, args: seen.setdefault("x", args[0]))
+    real_loss = model._loss
+    monkeypatch.setattr(model, "_loss", lambda logits, target: real_loss(logits, seen.setdefault("y", target)))
+    monkeypatch.setattr(model, "log", lambda *args, **kwargs: None)
+    loss = model.training_step((x, y), 0)
+    assert torch.isfinite(loss)
+    # Class probabilities: each row sums to one and mixes two images' labels at most.
+    assert seen["y"].shape == (8, 7) and torch.allclose(seen["y"].sum(1), torch.ones(8))
+    assert ((seen["y"] > 0).sum(1) <= 2).all() and ((seen["y"] > 0).sum(1) == 2).any()
+    assert not torch.equal(seen["x"], x.float())
+
+
+def test_mixing_refuses_the_focal_loss():
+    with pytest.raises(ValueError, match="focal"):
+        classifier("baseline_cnn", loss="focal", cutmix_alpha=1.0)
+
+
 def test_reloaded_checkpoint_predicts_identically(tmp_path):
     torch.manual_seed(0)
     model = classifier("resnet", class_weights=[1.0] * 7)

@@ -35,6 +35,19 @@ def focal_loss(logits, target, weight=None, gamma: float = 2.0, label_smoothing:
     return loss.sum() / weight[target].sum()
 
 
+def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float):
+    """MixUp and/or CutMix of a training batch (torchvision transforms v2), or None when both are off.
+
+    The labels come out as class probabilities, which ``F.cross_entropy`` takes as they are."""
+    from torchvision.transforms import v2
+
+    mixes = [v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha else []
+    mixes += [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha else []
+    if not mixes:
+        return None
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+
 class LesionClassifier(L.LightningModule):
     def __init__(
         self,
@@ -52,6 +65,8 @@ class LesionClassifier(L.LightningModule):
         loss: str = "ce",
         focal_gamma: float = 2.0,
         label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
         class_weights: list[float] | None = None,
         class_prior: list[float] | None = None,
         channels_last: bool = True,
@@ -68,6 +83,9 @@ class LesionClassifier(L.LightningModule):
         log_prior = torch.tensor(class_prior, dtype=torch.float32).log() if class_prior else None
         self.register_buffer("log_prior", log_prior, persistent=False)
         self.binary = list(class_names) == ["benign", "malignant"]
+        self.mix = batch_mixing(len(class_names), mixup_alpha, cutmix_alpha)
+        if self.mix is not None and loss == "focal":
+            raise ValueError("train: loss: focal takes hard labels; set mixup_alpha and cutmix_alpha to 0 or loss: ce")
         self.val_metrics = self._metrics("val")
         # Metrics are torchmetrics objects, so DDP ranks pool their states before computing.
         self.val_malignant_auroc = None if self.binary else BinaryAUROC()
@@ -111,6 +129,8 @@ class LesionClassifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
+        if self.mix is not None:
+            x, y = self.mix(x.float(), y)
         loss = self._loss(self(x), y)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss

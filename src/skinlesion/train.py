@@ -179,6 +179,8 @@ def build(tier: str, settings: dict, *, images, index, split, stats, seed: int =
         loss=settings["loss"],
         focal_gamma=settings["focal_gamma"],
         label_smoothing=settings["label_smoothing"],
+        mixup_alpha=settings["mixup_alpha"],
+        cutmix_alpha=settings["cutmix_alpha"],
         class_weights=class_weights,
         class_prior=class_prior,
     )
