@@ -5,6 +5,7 @@ rule evaluate:
     input:
         ckpt=f"{MODELS}/{{tier}}/best.ckpt",
         checksums=f"{DATA}/checksums.csv",
+        metadata=f"{MODELS}/metadata.json" if config["metadata"]["evaluate"] else [],
         **CACHE,
     output:
         metrics=f"{METRICS}/{{tier}}.json",

@@ -23,6 +23,24 @@ rule augment_preview:
         "../scripts/augment_preview.py"
 
 
+rule metadata_model:
+    input:
+        index=CACHE["index"],
+        split=CACHE["split"],
+    output:
+        f"{MODELS}/metadata.json",
+    params:
+        C=config["metadata"]["C"],
+    benchmark:
+        f"{BENCHMARKS}/metadata_model.tsv",
+    log:
+        f"{LOGS}/metadata_model.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/metadata_model.py"
+
+
 rule train:
     input:
         checksums=f"{DATA}/checksums.csv",

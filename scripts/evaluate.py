@@ -18,5 +18,6 @@ with log_to(snakemake.log[0]):
         target_sensitivity=snakemake.params.target_sensitivity,
         n_boot=snakemake.params.n_boot,
         seed=snakemake.params.seed,
+        metadata_model=snakemake.input.metadata or None,
         provenance=job_provenance(snakemake),
     )

@@ -25,6 +25,19 @@ def test_metrics_json_has_every_reported_metric(sample_run):
     assert 0 < result["test"]["threshold"] <= 1
 
 
+def test_metadata_fusion_is_reported_beside_the_image_model(sample_run):
+    """The same test images, the same metrics, with age/sex/site fused in: a row of its own in the comparison."""
+    result = json.loads((sample_run / "results" / "metrics" / "resnet.json").read_text())
+    image, fused = result["test"], result["test_with_metadata"]
+    assert fused["n_images"] == image["n_images"] and set(fused["metrics"]) == set(image["metrics"])
+    assert fused["per_class"] != image["per_class"]
+    comparison = pd.read_csv(sample_run / "results" / "metrics" / "comparison.csv").set_index("model")
+    for tier in ("baseline_cnn", "resnet", "transfer"):
+        tier_result = json.loads((sample_run / "results" / "metrics" / f"{tier}.json").read_text())
+        value = tier_result["test_with_metadata"]["metrics"]["balanced_accuracy"]["value"]
+        assert comparison.loc[f"{tier} + metadata", "balanced_accuracy"] == round(value, 4)
+
+
 def test_predict_matches_the_evaluate_rule(sample_run):
     """The CLI on the raw zips gives the evaluate rule's probabilities for the test images."""
     results = sample_run / "results"

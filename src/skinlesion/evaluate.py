@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 from skinlesion import CLASSES, MALIGNANT
 from skinlesion.datamodule import load_split_table
 from skinlesion.io import atomic_path
+from skinlesion.metadata import fuse, load_metadata_model, log_likelihood_ratio
 from skinlesion.metrics import MALIGNANT_IDX, lesion_bootstrap, per_class, threshold_for_sensitivity
 from skinlesion.module import LesionClassifier, load_classifier
 
@@ -94,6 +95,16 @@ def evaluate_split(
     return preds, model
 
 
+def with_metadata(preds: pd.DataFrame, meta: dict, table: pd.DataFrame) -> pd.DataFrame:
+    """A predictions table with the metadata fused into its class probabilities."""
+    probs = fuse(preds[list(CLASSES)].to_numpy(), log_likelihood_ratio(meta, table.loc[preds["image_id"]]))
+    out = preds.copy()
+    out[list(CLASSES)] = probs
+    out["p_malignant"] = probs[:, MALIGNANT_IDX].sum(axis=1)
+    out["dx"] = np.asarray(CLASSES)[probs.argmax(axis=1)]
+    return out
+
+
 def metrics_from_predictions(preds: pd.DataFrame, *, threshold: float, n_boot: int, seed: int) -> dict:
     """Metrics of a multiclass model's predictions table (with true_dx and lesion_id)."""
     y = preds["true_dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
@@ -122,23 +133,36 @@ def evaluate_tier(
     target_sensitivity: float = 0.95,
     n_boot: int = 1000,
     seed: int = 0,
+    metadata_model: str | os.PathLike | None = None,
     provenance: dict | None = None,
 ) -> dict:
-    """The evaluate rule: threshold on val, metrics with lesion-bootstrap CIs on test."""
+    """The evaluate rule: threshold on val, metrics with lesion-bootstrap CIs on test.
+
+    With ``metadata_model`` (a multiclass model only) the same again with the patient metadata
+    fused in (:mod:`skinlesion.metadata`), under ``test_with_metadata``."""
     val, model = evaluate_split(ckpt, images_npy, index_csv, split_csv, split="val", tta=tta)
     test, _ = evaluate_split(ckpt, images_npy, index_csv, split_csv, split="test", tta=tta)
-    threshold = threshold_for_sensitivity(
-        val["true_dx"].isin(MALIGNANT).to_numpy(), val["p_malignant"].to_numpy(), target_sensitivity
-    )
+
+    def test_metrics(val: pd.DataFrame, test: pd.DataFrame) -> dict:
+        threshold = threshold_for_sensitivity(
+            val["true_dx"].isin(MALIGNANT).to_numpy(), val["p_malignant"].to_numpy(), target_sensitivity
+        )
+        return metrics_from_predictions(test, threshold=threshold, n_boot=n_boot, seed=seed)
+
     result = {
         "tier": tier,
         "task": "binary" if model.binary else "multiclass",
         "tta": tta,
         "target_sensitivity": target_sensitivity,
         "image_size": model.hparams.image_size,
-        "test": metrics_from_predictions(test, threshold=threshold, n_boot=n_boot, seed=seed),
+        "test": test_metrics(val, test),
         "provenance": provenance or {},
     }
+    if metadata_model and not model.binary:
+        meta = load_metadata_model(metadata_model)
+        table = load_split_table(index_csv, split_csv).set_index("image_id")
+        val_meta, test_meta = (with_metadata(p, meta, table) for p in (val, test))
+        result["test_with_metadata"] = test_metrics(val_meta, test_meta)
     write_csv(test, out_predictions)
     with atomic_path(out_metrics) as tmp:
         tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

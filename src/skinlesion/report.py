@@ -46,18 +46,23 @@ def comparison_table(metrics_files: list[str], histories: list[str], out_csv: st
     for metrics_file, history_file in zip(metrics_files, histories, strict=True):
         result = json.loads(Path(metrics_file).read_text())
         history = pd.read_csv(history_file)
-        row = {
-            "model": result["tier"],
-            "image_size": result["image_size"],
-            "epochs": len(history),
-            "train_minutes": round(history["time/train_epoch_s"].sum() / 60, 1),
-        }
-        for key in COLUMNS:
-            m = result["test"]["metrics"].get(key)
-            row[key] = round(m["value"], 4) if m else None
-            row[f"{key}_ci"] = f"{m['ci_low']:.3f}-{m['ci_high']:.3f}" if m else None
-        row["caveat"] = f"this pipeline: lesion-grouped test split, {result['test']['n_images']} images"
-        rows.append(row)
+        for block, suffix in (("test", ""), ("test_with_metadata", " + metadata")):
+            if block not in result:
+                continue
+            row = {
+                "model": result["tier"] + suffix,
+                "image_size": result["image_size"],
+                "epochs": len(history),
+                "train_minutes": round(history["time/train_epoch_s"].sum() / 60, 1),
+            }
+            for key in COLUMNS:
+                m = result[block]["metrics"].get(key)
+                row[key] = round(m["value"], 4) if m else None
+                row[f"{key}_ci"] = f"{m['ci_low']:.3f}-{m['ci_high']:.3f}" if m else None
+            row["caveat"] = f"this pipeline: lesion-grouped test split, {result[block]['n_images']} images" + (
+                "; image + age, sex, body site (naive Bayes)" if suffix else ""
+            )
+            rows.append(row)
     table = pd.DataFrame(rows + ANCHORS)
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False, lineterminator="\n")
