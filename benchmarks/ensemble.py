@@ -1,13 +1,13 @@
-"""Would averaging the tiers, or stacking them with the patient metadata, beat the best tier?
+"""Would averaging or stacking the tiers beat the best tier, with or without the patient metadata?
 
     python benchmarks/ensemble.py --results results [--tiers baseline_cnn resnet transfer]
 
-Reads a finished workflow's checkpoints, cache and test predictions. Everything is fitted on the
-validation split only and scored on the lesion-grouped test split. Prints, for each tier, each
-mean of tiers' probabilities, and a class-balanced logistic regression over the tiers'
-log-probabilities (with and without age, sex and body site from the raw metadata): the test
-balanced accuracy and malignant-vs-benign AUROC. The validation predictions use the same TTA
-setting as the workflow's evaluation.
+Reads a finished workflow's checkpoints, cache, test predictions and metadata model
+(``results/models/metadata.json``). Stacking is fitted on the validation split only; everything
+is scored on the lesion-grouped test split. Prints, for each tier, each mean of tiers'
+probabilities and a class-balanced logistic regression over the tiers' log-probabilities, the
+test balanced accuracy and malignant-vs-benign AUROC, alone and with the metadata fused in as
+the evaluate rule does. The validation predictions use the same TTA setting as the evaluation.
 """
 
 import argparse
@@ -19,30 +19,17 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from skinlesion import CLASSES, MALIGNANT
+from skinlesion import CLASSES, MALIGNANT, malignant_probability
 from skinlesion.config import load_config
+from skinlesion.datamodule import load_split_table
 from skinlesion.evaluate import evaluate_split
+from skinlesion.metadata import fuse, load_metadata_model, log_likelihood_ratio
 
 
-def score(probs: np.ndarray, truth: pd.Series) -> str:
+def score(probs: np.ndarray, truth: pd.Series, prior) -> str:
     y = truth.map(CLASSES.index).to_numpy()
-    p_malignant = probs[:, [CLASSES.index(c) for c in MALIGNANT]].sum(1)
-    auroc = roc_auc_score(truth.isin(MALIGNANT), p_malignant)
+    auroc = roc_auc_score(truth.isin(MALIGNANT), malignant_probability(probs, prior))
     return f"{balanced_accuracy_score(y, probs.argmax(1)):.3f} / {auroc:.3f}"
-
-
-def metadata_features(image_ids: pd.Series, meta: pd.DataFrame) -> np.ndarray:
-    m = meta.loc[image_ids]
-    age = m["age"]
-    sites = sorted(meta["localization"].unique())
-    return np.hstack(
-        [
-            age.fillna(meta["age"].median()).to_numpy()[:, None] / 100,
-            age.isna().to_numpy()[:, None],
-            pd.get_dummies(m["sex"]).reindex(columns=["male", "female", "unknown"], fill_value=0).to_numpy(),
-            pd.get_dummies(m["localization"]).reindex(columns=sites, fill_value=0).to_numpy(),
-        ]
-    ).astype(float)
 
 
 def main() -> None:
@@ -53,39 +40,37 @@ def main() -> None:
     data, tta = args.results / "data", load_config()["evaluate"]["tta"]
     probs, ids, truth = {}, {}, {}
     for tier in args.tiers:
-        val, _ = evaluate_split(
+        val, model = evaluate_split(
             str(args.results / "models" / tier / "best.ckpt"),
             *(str(data / f) for f in ("images.npy", "index.csv", "split.csv")),
             split="val",
             tta=tta,
         )
         test = pd.read_csv(args.results / "predictions" / f"{tier}_test.csv")
+        prior = model.hparams.get("malignant_prior")  # the same training split for every tier
         for split, table in (("val", val), ("test", test)):
             table = table.sort_values("image_id", ignore_index=True)  # the same row order for every tier
             probs[tier, split] = table[list(CLASSES)].to_numpy()
             ids[split], truth[split] = table["image_id"], table["true_dx"]
-    meta = pd.read_csv(args.results / "raw" / "HAM10000_metadata.csv").set_index("image_id")
+    table = load_split_table(data / "index.csv", data / "split.csv").set_index("image_id")
+    meta = load_metadata_model(args.results / "models" / "metadata.json")
+    test_ratio = log_likelihood_ratio(meta, table.loc[ids["test"]])
 
-    print(f"{'test: balanced accuracy / malignant AUROC':56s}")
+    def report(name: str, test_probs: np.ndarray) -> None:
+        plain = score(test_probs, truth["test"], prior)
+        fused = score(fuse(test_probs, test_ratio), truth["test"], prior)
+        print(f"{name:48s} {plain:>15s} {fused:>15s}")
+
+    print(f"{'test: balanced accuracy / malignant AUROC':48s} {'image':>15s} {'+ metadata':>15s}")
     for tier in args.tiers:
-        print(f"{tier:56s} {score(probs[tier, 'test'], truth['test'])}")
+        report(tier, probs[tier, "test"])
     for n in range(2, len(args.tiers) + 1):
         for combo in itertools.combinations(args.tiers, n):
-            mean = np.mean([probs[t, "test"] for t in combo], axis=0)
-            print(f"{'mean of ' + ' + '.join(combo):56s} {score(mean, truth['test'])}")
-    for combo in [args.tiers[:1], args.tiers]:
-        for with_meta in (False, True):
-            x = {
-                split: np.hstack(
-                    [np.log(np.clip(probs[t, split], 1e-6, 1)) for t in combo]
-                    + ([metadata_features(ids[split], meta)] if with_meta else [])
-                )
-                for split in ("val", "test")
-            }
-            stack = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000)
-            stack.fit(x["val"], truth["val"].map(CLASSES.index))
-            name = f"stack {' + '.join(combo)}{' + age, sex, site' if with_meta else ''}"
-            print(f"{name:56s} {score(stack.predict_proba(x['test']), truth['test'])}")
+            report("mean of " + " + ".join(combo), np.mean([probs[t, "test"] for t in combo], axis=0))
+    x = {split: np.hstack([np.log(np.clip(probs[t, split], 1e-6, 1)) for t in args.tiers]) for split in ("val", "test")}
+    stack = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000)
+    stack.fit(x["val"], truth["val"].map(CLASSES.index))
+    report("stack of " + " + ".join(args.tiers), stack.predict_proba(x["test"]))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import json
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torchvision.transforms import v2
@@ -48,6 +49,9 @@ def test_sidecar_is_the_inference_contract(sample_run, tier):
     assert c["weights_sha256"] == weights_sha256(load_classifier(sample_run / c["checkpoint"]))
     assert c["class_names"] == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     assert c["malignant_classes"] == list(MALIGNANT)
+    # Trained with the class-balanced sampler: p_malignant is reweighted by the training frequencies.
+    train = pd.read_csv(sample_run / "results" / "data" / "split.csv").query("split == 'train'")
+    assert c["malignant_prior"] == pytest.approx(train["dx"].value_counts(normalize=True)[c["class_names"]].tolist())
     assert c["input"]["size"] == 32 and c["preprocess"]["cache_size"] == 128  # profiles/sample/sample.yaml
     assert len(c["normalisation"]["mean"]) == 3 and c["temperature"] > 0
     assert c["parity"]["max_abs_diff"] < 1e-4
@@ -61,7 +65,7 @@ def test_sidecar_is_the_inference_contract(sample_run, tier):
     cache = np.load(data / "images.npy", mmap_mode="r")
     clf = OnnxClassifier(export)
     probs = clf.probabilities(np.stack([to_input(np.asarray(cache[r]), clf.input_size) for r in val.index]))
-    p_malignant = probs[:, clf.malignant_idx].sum(axis=1)
+    p_malignant = clf.p_malignant(probs)
     sensitivity, _ = sens_spec(val["malignant"].to_numpy(), p_malignant, c["operating_threshold"])
     assert sensitivity >= c["threshold_selection"]["target_sensitivity"]
     assert sensitivity == pytest.approx(c["threshold_selection"]["sensitivity"])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from skinlesion import CLASSES
+from skinlesion import CLASSES, malignant_probability
 from skinlesion.metrics import (
     _point_metrics,
     expected_calibration_error,
@@ -26,7 +26,7 @@ def test_balanced_accuracy_is_mean_per_class_recall():
     # nv: 4 of 4 right; mel: 1 of 2 right; bcc: 0 of 1 right; others absent.
     y = np.array([NV, NV, NV, NV, MEL, MEL, BCC])
     pred = np.array([NV, NV, NV, NV, MEL, NV, MEL])
-    m = _point_metrics(y, onehotish(pred), threshold=None)
+    m = _point_metrics(y, onehotish(pred), malignant_probability(onehotish(pred)), threshold=None)
     assert m["accuracy"] == pytest.approx(5 / 7)
     assert m["balanced_accuracy"] == pytest.approx((1 + 0.5 + 0) / 3)
 
@@ -80,3 +80,21 @@ def test_bootstrap_is_seeded():
     assert a == b
     assert set(a) >= {"balanced_accuracy", "macro_auroc", "malignant_auroc", "malignant_ap", "sensitivity", "ece"}
     assert len(CLASSES) == 7
+
+
+def test_malignant_probability_under_the_training_frequencies():
+    # A model trained on class-balanced batches: 0.5 mel, 0.5 nv. Among images that look like this,
+    # nv is 8 times as frequent as mel in the population, so p(malignant) is 1/9, not 1/2.
+    probs = np.zeros((1, 7))
+    probs[0, [MEL, NV]] = 0.5
+    prior = np.full(7, 0.01)
+    prior[MEL], prior[NV] = 0.08, 0.64
+    assert malignant_probability(probs)[0] == pytest.approx(0.5)
+    assert malignant_probability(probs, prior)[0] == pytest.approx(1 / 9)
+    # A uniform prior changes nothing; the bootstrap reports AUROC of the p_malignant it is given.
+    assert malignant_probability(probs, np.full(7, 1 / 7))[0] == pytest.approx(0.5)
+    y = np.array([MEL, NV, BCC, BKL])
+    p = np.array([[0.0, 0.0, 0.0, 0.0, 0.6, 0.4, 0.0]] * 4)
+    lesions = np.arange(4).astype(str)
+    ranked = lesion_bootstrap(y, p, lesions, threshold=None, p_malignant=[0.9, 0.1, 0.8, 0.2], n_boot=0)
+    assert ranked["malignant_auroc"]["value"] == 1.0

@@ -6,3 +6,21 @@ __version__ = "0.1.0"
 CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 # Diagnoses counted as malignant for the binary task and for p_malignant.
 MALIGNANT: tuple[str, ...] = ("akiec", "bcc", "mel")
+
+
+def malignant_probability(probs, prior=None):
+    """p_malignant of (N, 7) class probabilities (CLASSES order): the mel + bcc + akiec share.
+
+    ``prior``: the training split's class frequencies, for a model trained to treat the classes as
+    equally frequent (class-balanced sampler, class weights or a logit-adjusted loss). Its
+    probabilities assume a uniform prior, which suits the balanced-accuracy argmax, but they
+    overstate the rare classes. Reweighting by the frequencies before summing gives the malignant
+    probability in the population the data came from.
+    """
+    import numpy as np
+
+    probs = np.asarray(probs, dtype=float)
+    if prior is not None:
+        probs = probs * np.asarray(prior, dtype=float)
+        probs = probs / probs.sum(axis=1, keepdims=True)
+    return probs[:, [CLASSES.index(c) for c in MALIGNANT]].sum(axis=1)

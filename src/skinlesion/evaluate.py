@@ -12,11 +12,11 @@ import pandas as pd
 import torch
 from torchvision.transforms import v2
 
-from skinlesion import CLASSES, MALIGNANT
+from skinlesion import CLASSES, MALIGNANT, malignant_probability
 from skinlesion.datamodule import load_split_table
 from skinlesion.io import atomic_path
 from skinlesion.metadata import fuse, load_metadata_model, log_likelihood_ratio
-from skinlesion.metrics import MALIGNANT_IDX, lesion_bootstrap, per_class, threshold_for_sensitivity
+from skinlesion.metrics import lesion_bootstrap, per_class, threshold_for_sensitivity
 from skinlesion.module import LesionClassifier, load_classifier
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,16 @@ def probability_table(model: LesionClassifier, probs: np.ndarray, image_ids) -> 
         table["p_malignant"] = probs[:, 1]
         table["dx"] = np.where(probs[:, 1] >= 0.5, "malignant", "benign")
     else:
-        for i, name in enumerate(CLASSES):
-            table[name] = probs[:, i]
-        table["p_malignant"] = probs[:, MALIGNANT_IDX].sum(axis=1)
-        table["dx"] = np.asarray(CLASSES)[probs.argmax(axis=1)]
+        set_class_probabilities(table, probs, model.hparams.get("malignant_prior"))
     return table
+
+
+def set_class_probabilities(table: pd.DataFrame, probs: np.ndarray, prior) -> None:
+    """Write (N, 7) probabilities into ``table``: a column per class, p_malignant (with the
+    checkpoint's ``malignant_prior``, see :func:`skinlesion.malignant_probability`) and dx."""
+    table[list(CLASSES)] = probs
+    table["p_malignant"] = malignant_probability(probs, prior)
+    table["dx"] = np.asarray(CLASSES)[probs.argmax(axis=1)]
 
 
 def write_csv(frame: pd.DataFrame, dest) -> None:
@@ -95,13 +100,11 @@ def evaluate_split(
     return preds, model
 
 
-def with_metadata(preds: pd.DataFrame, meta: dict, table: pd.DataFrame) -> pd.DataFrame:
+def with_metadata(preds: pd.DataFrame, meta: dict, table: pd.DataFrame, prior) -> pd.DataFrame:
     """A predictions table with the metadata fused into its class probabilities."""
     probs = fuse(preds[list(CLASSES)].to_numpy(), log_likelihood_ratio(meta, table.loc[preds["image_id"]]))
     out = preds.copy()
-    out[list(CLASSES)] = probs
-    out["p_malignant"] = probs[:, MALIGNANT_IDX].sum(axis=1)
-    out["dx"] = np.asarray(CLASSES)[probs.argmax(axis=1)]
+    set_class_probabilities(out, probs, prior)
     return out
 
 
@@ -114,7 +117,13 @@ def metrics_from_predictions(preds: pd.DataFrame, *, threshold: float, n_boot: i
         "n_lesions": int(preds["lesion_id"].nunique()),
         "threshold": threshold,
         "metrics": lesion_bootstrap(
-            y, probs, preds["lesion_id"].to_numpy(), threshold=threshold, n_boot=n_boot, seed=seed
+            y,
+            probs,
+            preds["lesion_id"].to_numpy(),
+            p_malignant=preds["p_malignant"].to_numpy(),
+            threshold=threshold,
+            n_boot=n_boot,
+            seed=seed,
         ),
         "per_class": per_class(y, probs),
     }
@@ -161,7 +170,8 @@ def evaluate_tier(
     if metadata_model and not model.binary:
         meta = load_metadata_model(metadata_model)
         table = load_split_table(index_csv, split_csv).set_index("image_id")
-        val_meta, test_meta = (with_metadata(p, meta, table) for p in (val, test))
+        prior = model.hparams.get("malignant_prior")
+        val_meta, test_meta = (with_metadata(p, meta, table, prior) for p in (val, test))
         result["test_with_metadata"] = test_metrics(val_meta, test_meta)
     write_csv(test, out_predictions)
     with atomic_path(out_metrics) as tmp:

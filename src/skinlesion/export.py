@@ -24,7 +24,7 @@ import os
 import numpy as np
 import torch
 
-from skinlesion import MALIGNANT
+from skinlesion import MALIGNANT, malignant_probability
 from skinlesion.datamodule import load_split_table
 from skinlesion.inference import CONTRACT_FORMAT, to_input
 from skinlesion.io import atomic_path
@@ -140,8 +140,8 @@ def export_tier(
         if not diff < tolerance:
             raise RuntimeError(f"{out_onnx}: ONNX Runtime and PyTorch differ by {diff:.2e} (tolerance {tolerance:.0e})")
 
-    idx = [list(hp.class_names).index(c) for c in malignant_classes]
-    p_malignant = ort_probs[:, idx].sum(axis=1)
+    prior = None if model.binary else hp.get("malignant_prior")
+    p_malignant = ort_probs[:, 1] if model.binary else malignant_probability(ort_probs, prior)
     y_malignant = val["malignant"].to_numpy().astype(bool)
     threshold = threshold_for_sensitivity(y_malignant, p_malignant, target_sensitivity)
     sensitivity, specificity = sens_spec(y_malignant, p_malignant, threshold)
@@ -151,6 +151,7 @@ def export_tier(
         "task": "binary" if model.binary else "multiclass",
         "class_names": list(hp.class_names),
         "malignant_classes": malignant_classes,
+        "malignant_prior": prior,
         "input": {"name": "image", "layout": "NCHW", "dtype": "float32", "range": [0, 255], "color": "RGB"}
         | {"size": int(hp.image_size)},
         "outputs": ["logits", "probabilities"],

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from skinlesion import malignant_probability
 from skinlesion.preprocess import load_square
 
 CONTRACT_FORMAT = "skinlesion-onnx/1"
@@ -107,6 +108,7 @@ class OnnxClassifier:
         self.cache_size: int = c["preprocess"]["cache_size"]
         self.threshold: float = c["operating_threshold"]
         self.malignant_idx = [self.class_names.index(n) for n in c["malignant_classes"]]
+        self.malignant_prior = c.get("malignant_prior")
         self.version = f"{c['tier']}-{c['onnx_sha256'][:12]}"
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
@@ -114,15 +116,21 @@ class OnnxClassifier:
         (probs,) = self.session.run(["probabilities"], {"image": np.ascontiguousarray(batch, dtype=np.float32)})
         return probs
 
+    def p_malignant(self, probs: np.ndarray) -> np.ndarray:
+        """The malignant classes' share, as the export chose the threshold for (the contract's prior)."""
+        if self.contract["task"] == "binary":
+            return probs[:, self.malignant_idx].sum(axis=1)
+        return malignant_probability(probs, self.malignant_prior)
+
     def predict(self, named_squares: list[tuple[str, np.ndarray]]) -> list[Prediction]:
         """Predictions for decoded cache squares (see :func:`decode`), one batch."""
         if not named_squares:
             return []
         batch = np.stack([to_input(sq, self.input_size) for _, sq in named_squares])
         probs = self.probabilities(batch)
+        p_malignant = self.p_malignant(probs)
         out = []
-        for (name, _), p in zip(named_squares, probs, strict=True):
-            p_mal = float(p[self.malignant_idx].sum())
+        for (name, _), p, p_mal in zip(named_squares, probs, p_malignant.tolist(), strict=True):
             out.append(
                 Prediction(
                     name=name,

@@ -20,7 +20,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from skinlesion import CLASSES, MALIGNANT
+from skinlesion import CLASSES, MALIGNANT, malignant_probability
 
 MALIGNANT_IDX = [CLASSES.index(c) for c in MALIGNANT]
 
@@ -66,12 +66,11 @@ def reliability_bins(y: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict:
     return {"edges": edges, "count": counts, "accuracy": acc, "confidence": mean_conf}
 
 
-def _point_metrics(y: np.ndarray, probs: np.ndarray, threshold: float | None) -> dict[str, float]:
+def _point_metrics(y: np.ndarray, probs: np.ndarray, p_mal: np.ndarray, threshold: float | None) -> dict[str, float]:
     """Scalar metrics of one (re)sample. ``y`` are indices into CLASSES, ``probs`` is (N, 7)."""
     pred = probs.argmax(axis=1)
     labels = np.arange(len(CLASSES))
     y_mal = np.isin(y, MALIGNANT_IDX)
-    p_mal = probs[:, MALIGNANT_IDX].sum(axis=1)
     out = {
         "accuracy": float((pred == y).mean()),
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
@@ -113,13 +112,18 @@ def lesion_bootstrap(
     lesion_ids: np.ndarray,
     *,
     threshold: float | None,
+    p_malignant: np.ndarray | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
 ) -> dict[str, dict[str, float]]:
-    """Point estimate and percentile CI of every scalar metric, resampling lesions with replacement."""
+    """Point estimate and percentile CI of every scalar metric, resampling lesions with replacement.
+
+    ``p_malignant`` defaults to the malignant classes' summed probability (see
+    :func:`skinlesion.malignant_probability`)."""
     y, probs, lesion_ids = np.asarray(y), np.asarray(probs), np.asarray(lesion_ids)
-    point = _point_metrics(y, probs, threshold)
+    p_mal = malignant_probability(probs) if p_malignant is None else np.asarray(p_malignant, dtype=float)
+    point = _point_metrics(y, probs, p_mal, threshold)
     _, inverse = np.unique(lesion_ids, return_inverse=True)
     members = [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
     rng = np.random.default_rng(seed)
@@ -127,7 +131,7 @@ def lesion_bootstrap(
     for _ in range(n_boot):
         chosen = rng.integers(0, len(members), len(members))
         idx = np.concatenate([members[k] for k in chosen])
-        for key, value in _point_metrics(y[idx], probs[idx], threshold).items():
+        for key, value in _point_metrics(y[idx], probs[idx], p_mal[idx], threshold).items():
             draws[key].append(value)
     alpha = (1 - level) / 2
     result = {}

@@ -69,6 +69,7 @@ class LesionClassifier(L.LightningModule):
         cutmix_alpha: float = 0.0,
         class_weights: list[float] | None = None,
         class_prior: list[float] | None = None,
+        malignant_prior: list[float] | None = None,
         channels_last: bool = True,
     ):
         super().__init__()
@@ -82,6 +83,8 @@ class LesionClassifier(L.LightningModule):
         self.register_buffer("class_weights", weights, persistent=False)
         log_prior = torch.tensor(class_prior, dtype=torch.float32).log() if class_prior else None
         self.register_buffer("log_prior", log_prior, persistent=False)
+        prior = torch.tensor(malignant_prior, dtype=torch.float32) if malignant_prior else None
+        self.register_buffer("malignant_prior", prior, persistent=False)
         self.binary = list(class_names) == ["benign", "malignant"]
         self.mix = batch_mixing(len(class_names), mixup_alpha, cutmix_alpha)
         if self.mix is not None and loss == "focal":
@@ -111,9 +114,13 @@ class LesionClassifier(L.LightningModule):
         return self.net(x)
 
     def p_malignant(self, probs: torch.Tensor) -> torch.Tensor:
-        """Malignant probability: the binary model's own, or mel+bcc+akiec of the multiclass one."""
+        """Malignant probability: the binary model's own, or mel+bcc+akiec of the multiclass one,
+        reweighted by ``malignant_prior`` when given (see :func:`skinlesion.malignant_probability`)."""
         if self.binary:
             return probs[:, 1]
+        if self.malignant_prior is not None:
+            probs = probs * self.malignant_prior
+            probs = probs / probs.sum(dim=1, keepdim=True)
         idx = [CLASSES.index(c) for c in MALIGNANT]
         return probs[:, idx].sum(dim=1)
 

@@ -160,6 +160,9 @@ def build(tier: str, settings: dict, *, images, index, split, stats, seed: int =
     )
     counts = np.maximum(dm.class_counts(), 1)
     class_weights = class_prior = None
+    # Every remedy but none makes the network's probabilities assume equally frequent classes.
+    balanced = settings["imbalance"] != "none" and settings["task"] == "multiclass"
+    malignant_prior = (counts / counts.sum()).tolist() if balanced else None
     if settings["imbalance"] in ("weighted_loss", "both"):
         class_weights = (counts.sum() / (len(counts) * counts)).tolist()
     elif settings["imbalance"] == "logit_adjust":
@@ -183,6 +186,7 @@ def build(tier: str, settings: dict, *, images, index, split, stats, seed: int =
         cutmix_alpha=settings["cutmix_alpha"],
         class_weights=class_weights,
         class_prior=class_prior,
+        malignant_prior=malignant_prior,
     )
     return dm, model
 
