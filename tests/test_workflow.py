@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 
@@ -15,6 +16,26 @@ TIERS = ("baseline_cnn", "resnet", "transfer")
 def test_snakemake_lint_is_clean():
     proc = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=ROOT)
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr, proc.stdout
+
+
+def readme_snakemake_commands() -> list[list[str]]:
+    """Every `snakemake ...` command line in the README's code blocks and inline code, split like a shell."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    lines = re.findall(r"^(snakemake .*)$", text, re.MULTILINE) + re.findall(r"`(snakemake [^`]*)`", text)
+    return [shlex.split(line, comments=True)[1:] for line in lines]
+
+
+def test_readme_commands_keep_their_targets():
+    """`--config` takes every word after it: a target written after it would be read as a config entry."""
+    from snakemake.cli import get_argument_parser
+
+    commands = readme_snakemake_commands()
+    assert len(commands) >= 8
+    for argv in commands:
+        args = get_argument_parser().parse_args(argv)
+        assert all("=" in entry for entry in args.config or []), argv
+        if "results/report.html" in argv:
+            assert "results/report.html" in args.targets, argv
 
 
 def test_sample_workflow_end_to_end(sample_run):
