@@ -11,12 +11,12 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from skinlesion.models import BaselineCNN
-from skinlesion.train import ema_update
+from skinlesion.train import ema_decay, ema_update
 
 
 def per_tensor(decay: float):
     def ema(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        return averaged + (current - averaged) * (1 - torch.clamp((1 + n) / (10 + n), max=decay))
+        return averaged + (current - averaged) * (1 - ema_decay(decay, float(n)))
 
     return ema
 
