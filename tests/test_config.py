@@ -1,5 +1,7 @@
 """A bad config fails at workflow start with the schema's (or the cross-field check's) message."""
 
+import copy
+
 import pytest
 import yaml
 
@@ -74,7 +76,7 @@ def test_fp32_cpu_profile_is_a_valid_shorter_config():
 
     profile = yaml.safe_load((ROOT / "profiles" / "fp32-cpu" / "config.yaml").read_text())
     default = yaml.safe_load((ROOT / "workflow_config.yaml").read_text())
-    config = yaml.safe_load((ROOT / "workflow_config.yaml").read_text())
+    config = copy.deepcopy(default)
     update_config(config, yaml.safe_load((ROOT / profile["configfile"]).read_text()))
     validate(config, str(ROOT / "schemas" / "config.schema.yaml"))
     check_config(config)
