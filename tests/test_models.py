@@ -81,6 +81,35 @@ def test_mixup_cutmix_train_on_mixed_images_and_soft_labels(alphas, monkeypatch)
     assert not torch.equal(seen["x"], x.float())
 
 
+@pytest.mark.parametrize("mixed", [False, True])
+def test_malignant_loss_adds_the_bce_of_the_reported_malignant_probability(mixed):
+    """malignant_loss_weight adds w * BCE(p_malignant, malignant share of the label) to the loss."""
+    torch.manual_seed(0)
+    prior = torch.rand(7) + 0.1
+    kwargs = {"malignant_prior": (prior / prior.sum()).tolist()}
+    plain, weighted = (
+        classifier("baseline_cnn", **kwargs),
+        classifier("baseline_cnn", malignant_loss_weight=0.5, **kwargs),
+    )
+    logits, y = torch.randn(16, 7), torch.arange(16) % 7
+    malignant = torch.isin(torch.arange(7), plain.malignant_idx).float()
+    if mixed:  # class probabilities, as MixUp/CutMix give them
+        onehot = torch.nn.functional.one_hot(y, 7).float()
+        y = 0.7 * onehot + 0.3 * onehot.roll(1, dims=0)
+        target = y @ malignant
+    else:
+        target = malignant[y]
+    p = plain.p_malignant(torch.softmax(logits, dim=1))
+    bce = torch.nn.functional.binary_cross_entropy(p, target)
+    assert bce > 0.1
+    assert torch.allclose(weighted._loss(logits, y) - plain._loss(logits, y), 0.5 * bce, atol=1e-5)
+
+
+def test_malignant_loss_refuses_the_binary_task():
+    with pytest.raises(ValueError, match="malignant_loss_weight"):
+        classifier("baseline_cnn", task="binary", malignant_loss_weight=1.0)
+
+
 def test_mixing_refuses_the_focal_loss():
     with pytest.raises(ValueError, match="focal"):
         classifier("baseline_cnn", loss="focal", cutmix_alpha=1.0)

@@ -70,6 +70,7 @@ class LesionClassifier(L.LightningModule):
         class_weights: list[float] | None = None,
         class_prior: list[float] | None = None,
         malignant_prior: list[float] | None = None,
+        malignant_loss_weight: float = 0.0,
         channels_last: bool = True,
     ):
         super().__init__()
@@ -89,6 +90,11 @@ class LesionClassifier(L.LightningModule):
         self.mix = batch_mixing(len(class_names), mixup_alpha, cutmix_alpha)
         if self.mix is not None and loss == "focal":
             raise ValueError("train: loss: focal takes hard labels; set mixup_alpha and cutmix_alpha to 0 or loss: ce")
+        if self.binary and malignant_loss_weight:
+            raise ValueError(
+                "train: malignant_loss_weight is for task: multiclass; the binary loss is already malignant"
+            )
+        self.register_buffer("malignant_idx", torch.tensor([CLASSES.index(c) for c in MALIGNANT]), persistent=False)
         self.val_metrics = self._metrics("val")
         # Metrics are torchmetrics objects, so DDP ranks pool their states before computing.
         self.val_malignant_auroc = None if self.binary else BinaryAUROC()
@@ -121,8 +127,7 @@ class LesionClassifier(L.LightningModule):
         if self.malignant_prior is not None:
             probs = probs * self.malignant_prior
             probs = probs / probs.sum(dim=1, keepdim=True)
-        idx = [CLASSES.index(c) for c in MALIGNANT]
-        return probs[:, idx].sum(dim=1)
+        return probs[:, self.malignant_idx].sum(dim=1)
 
     def _loss(self, logits, y):
         if self.log_prior is not None:
@@ -131,8 +136,25 @@ class LesionClassifier(L.LightningModule):
             logits = logits + self.log_prior
         kwargs = {"weight": self.class_weights, "label_smoothing": self.hparams.label_smoothing}
         if self.hparams.loss == "focal":
-            return focal_loss(logits.float(), y, gamma=self.hparams.focal_gamma, **kwargs)
-        return F.cross_entropy(logits.float(), y, **kwargs)
+            loss = focal_loss(logits.float(), y, gamma=self.hparams.focal_gamma, **kwargs)
+        else:
+            loss = F.cross_entropy(logits.float(), y, **kwargs)
+        if self.hparams.malignant_loss_weight:
+            loss = loss + self.hparams.malignant_loss_weight * self._malignant_loss(logits.float(), y)
+        return loss
+
+    def _malignant_loss(self, logits, y):
+        """Binary cross-entropy of malignant vs benign on the log-odds of :meth:`p_malignant`.
+
+        ``y`` holds class indices or, after MixUp/CutMix, class probabilities (the malignant
+        target is then the mixed malignant share)."""
+        if self.malignant_prior is not None:
+            logits = logits + self.malignant_prior.log()
+        malignant = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+        malignant[self.malignant_idx] = True
+        log_odds = logits[:, malignant].logsumexp(1) - logits[:, ~malignant].logsumexp(1)
+        target = y[:, malignant].sum(1) if y.is_floating_point() else malignant[y].float()
+        return F.binary_cross_entropy_with_logits(log_odds, target)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -149,8 +171,7 @@ class LesionClassifier(L.LightningModule):
         probs = torch.softmax(logits, dim=1)
         self.val_metrics.update(probs[:, 1] if self.binary else probs, y)
         if not self.binary:
-            malignant = torch.tensor([CLASSES.index(c) for c in MALIGNANT], device=y.device)
-            self.val_malignant_auroc.update(self.p_malignant(probs), torch.isin(y, malignant).long())
+            self.val_malignant_auroc.update(self.p_malignant(probs), torch.isin(y, self.malignant_idx).long())
 
     def on_validation_epoch_end(self):
         self.log_dict(self.val_metrics.compute(), prog_bar=True)

@@ -198,6 +198,7 @@ def build(tier: str, settings: dict, *, images, index, split, stats, seed: int =
         class_weights=class_weights,
         class_prior=class_prior,
         malignant_prior=malignant_prior,
+        malignant_loss_weight=settings["malignant_loss_weight"],
     )
     return dm, model
 
