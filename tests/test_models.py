@@ -82,17 +82,20 @@ def test_mixup_cutmix_train_on_mixed_images_and_soft_labels(alphas, monkeypatch)
 
 
 @pytest.mark.parametrize("mixed", [False, True])
-def test_malignant_loss_adds_the_bce_of_the_reported_malignant_probability(mixed):
-    """malignant_loss_weight adds w * BCE(p_malignant, malignant share of the label) to the loss."""
+@pytest.mark.parametrize("logit_adjust", [False, True])
+def test_malignant_loss_adds_the_bce_of_the_reported_malignant_probability(mixed, logit_adjust):
+    """malignant_loss_weight adds w * BCE(p_malignant, malignant share of the label) to the loss,
+    p_malignant from the unadjusted logits as at inference."""
     torch.manual_seed(0)
     prior = torch.rand(7) + 0.1
-    kwargs = {"malignant_prior": (prior / prior.sum()).tolist()}
+    prior = (prior / prior.sum()).tolist()
+    kwargs = {"malignant_prior": prior, "class_prior": prior if logit_adjust else None}
     plain, weighted = (
         classifier("baseline_cnn", **kwargs),
         classifier("baseline_cnn", malignant_loss_weight=0.5, **kwargs),
     )
     logits, y = torch.randn(16, 7), torch.arange(16) % 7
-    malignant = torch.isin(torch.arange(7), plain.malignant_idx).float()
+    malignant = plain.is_malignant.float()
     if mixed:  # class probabilities, as MixUp/CutMix give them
         onehot = torch.nn.functional.one_hot(y, 7).float()
         y = 0.7 * onehot + 0.3 * onehot.roll(1, dims=0)

@@ -94,7 +94,7 @@ class LesionClassifier(L.LightningModule):
             raise ValueError(
                 "train: malignant_loss_weight is for task: multiclass; the binary loss is already malignant"
             )
-        self.register_buffer("malignant_idx", torch.tensor([CLASSES.index(c) for c in MALIGNANT]), persistent=False)
+        self.register_buffer("is_malignant", torch.tensor([c in MALIGNANT for c in CLASSES]), persistent=False)
         self.val_metrics = self._metrics("val")
         # Metrics are torchmetrics objects, so DDP ranks pool their states before computing.
         self.val_malignant_auroc = None if self.binary else BinaryAUROC()
@@ -127,21 +127,20 @@ class LesionClassifier(L.LightningModule):
         if self.malignant_prior is not None:
             probs = probs * self.malignant_prior
             probs = probs / probs.sum(dim=1, keepdim=True)
-        return probs[:, self.malignant_idx].sum(dim=1)
+        return probs[:, self.is_malignant].sum(dim=1)
 
     def _loss(self, logits, y):
+        logits = logits.float()
+        weight = self.hparams.malignant_loss_weight
+        extra = weight * self._malignant_loss(logits, y) if weight else 0.0
         if self.log_prior is not None:
             # Logit-adjusted loss (Menon et al., ICLR 2021): the softmax of the unadjusted logits
             # then estimates class probabilities under a uniform prior, which suits balanced accuracy.
             logits = logits + self.log_prior
         kwargs = {"weight": self.class_weights, "label_smoothing": self.hparams.label_smoothing}
         if self.hparams.loss == "focal":
-            loss = focal_loss(logits.float(), y, gamma=self.hparams.focal_gamma, **kwargs)
-        else:
-            loss = F.cross_entropy(logits.float(), y, **kwargs)
-        if self.hparams.malignant_loss_weight:
-            loss = loss + self.hparams.malignant_loss_weight * self._malignant_loss(logits.float(), y)
-        return loss
+            return focal_loss(logits, y, gamma=self.hparams.focal_gamma, **kwargs) + extra
+        return F.cross_entropy(logits, y, **kwargs) + extra
 
     def _malignant_loss(self, logits, y):
         """Binary cross-entropy of malignant vs benign on the log-odds of :meth:`p_malignant`.
@@ -150,8 +149,7 @@ class LesionClassifier(L.LightningModule):
         target is then the mixed malignant share)."""
         if self.malignant_prior is not None:
             logits = logits + self.malignant_prior.log()
-        malignant = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-        malignant[self.malignant_idx] = True
+        malignant = self.is_malignant
         log_odds = logits[:, malignant].logsumexp(1) - logits[:, ~malignant].logsumexp(1)
         target = y[:, malignant].sum(1) if y.is_floating_point() else malignant[y].float()
         return F.binary_cross_entropy_with_logits(log_odds, target)
@@ -171,7 +169,7 @@ class LesionClassifier(L.LightningModule):
         probs = torch.softmax(logits, dim=1)
         self.val_metrics.update(probs[:, 1] if self.binary else probs, y)
         if not self.binary:
-            self.val_malignant_auroc.update(self.p_malignant(probs), torch.isin(y, self.malignant_idx).long())
+            self.val_malignant_auroc.update(self.p_malignant(probs), self.is_malignant[y].long())
 
     def on_validation_epoch_end(self):
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
