@@ -68,24 +68,24 @@ def test_tier_block_overrides_shared_settings():
     assert "tiers" not in resnet and "baseline_cnn" not in resnet
 
 
-def test_fp32_cpu_profile_is_a_valid_shorter_config():
-    """The profile for CPUs without bf16 validates against the schema and only trains less."""
+def test_bf16_cpu_profile_is_a_valid_longer_config():
+    """The profile for CPUs with bf16 validates against the schema and only trains more."""
     from snakemake.utils import update_config, validate
 
     from skinlesion.config import check_config, tier_settings
 
-    profile = yaml.safe_load((ROOT / "profiles" / "fp32-cpu" / "config.yaml").read_text())
+    profile = yaml.safe_load((ROOT / "profiles" / "bf16-cpu" / "config.yaml").read_text())
     default = yaml.safe_load((ROOT / "workflow_config.yaml").read_text())
     config = copy.deepcopy(default)
     update_config(config, yaml.safe_load((ROOT / profile["configfile"]).read_text()))
     validate(config, str(ROOT / "schemas" / "config.schema.yaml"))
     check_config(config)
     for tier in default["train"]["tiers"]:
-        short, full = tier_settings(config["train"], tier), tier_settings(default["train"], tier)
-        assert short["epochs"] <= full["epochs"] and short["image_size"] == full["image_size"], tier
-        widths = short["model"].get("widths", []), full["model"].get("widths", [])
-        assert all(w <= f for w, f in zip(*widths, strict=True)), tier
-    assert tier_settings(config["train"], "resnet")["model"]["widths"] == [32, 64, 128, 256]
+        long, short = tier_settings(config["train"], tier), tier_settings(default["train"], tier)
+        assert long["epochs"] > short["epochs"] and long["image_size"] == short["image_size"], tier
+        widths = long["model"].get("widths", []), short["model"].get("widths", [])
+        assert all(w >= s for w, s in zip(*widths, strict=True)), tier
+    assert tier_settings(config["train"], "resnet")["model"]["widths"] == [64, 128, 256, 512]
 
 
 def test_train_jobs_request_gpus_from_the_config(tmp_path):
