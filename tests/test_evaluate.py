@@ -7,10 +7,17 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from conftest import SAMPLE, external_test_dir
-from skinlesion import CLASSES
-from skinlesion.evaluate import evaluate_external, predict_images, read_ground_truth
+from conftest import SAMPLE, external_test_dir, run_snakemake, sample_args
+from skinlesion import CLASSES, MALIGNANT
+from skinlesion.evaluate import (
+    evaluate_external,
+    metrics_from_predictions,
+    per_lesion,
+    predict_images,
+    read_ground_truth,
+)
 
 COLUMNS = ["image_id", *CLASSES, "p_malignant", "dx"]
 
@@ -23,6 +30,70 @@ def test_metrics_json_has_every_reported_metric(sample_run):
         assert metrics[key]["ci_low"] <= metrics[key]["value"] <= metrics[key]["ci_high"], key
     assert set(result["test"]["per_class"]) == set(CLASSES)
     assert 0 < result["test"]["threshold"] <= 1
+
+
+def test_every_test_lesion_is_also_scored_once(sample_run):
+    """The per-lesion blocks score the same test split with one row per lesion, and have rows in the comparison."""
+    result = json.loads((sample_run / "results" / "metrics" / "resnet.json").read_text())
+    preds = pd.read_csv(sample_run / "results" / "predictions" / "resnet_test.csv")
+    for image, lesion in (("test", "test_per_lesion"), ("test_with_metadata", "test_with_metadata_per_lesion")):
+        assert result[lesion]["n_images"] == result[lesion]["n_lesions"] == preds["lesion_id"].nunique()
+        assert result[image]["n_images"] == len(preds) > result[lesion]["n_images"]
+        assert set(result[lesion]["metrics"]) == set(result[image]["metrics"])
+    comparison = pd.read_csv(sample_run / "results" / "metrics" / "comparison.csv").set_index("model")
+    value = result["test_with_metadata_per_lesion"]["metrics"]["malignant_auroc"]["value"]
+    assert comparison.loc["resnet + metadata, per lesion", "malignant_auroc"] == round(value, 4)
+
+
+def _mel_or_nv(image_ids, lesion_ids, true_dx, p_mel) -> pd.DataFrame:
+    preds = pd.DataFrame({"image_id": image_ids, "lesion_id": lesion_ids, "true_dx": true_dx})
+    for name in CLASSES:
+        preds[name] = 0.0
+    preds["mel"], preds["nv"] = p_mel, 1 - np.asarray(p_mel)
+    preds["p_malignant"] = preds["mel"]
+    preds["dx"] = np.where(preds["mel"] >= 0.5, "mel", "nv")
+    return preds
+
+
+def test_per_lesion_averages_the_images_of_each_lesion():
+    """A melanoma photographed twice counts twice per image and once, from its mean, per lesion."""
+    preds = _mel_or_nv(list("abcd"), ["L1", "L1", "L2", "L3"], ["mel", "mel", "nv", "nv"], [0.95, 0.75, 0.8, 0.1])
+    lesions = per_lesion(preds, prior=None)
+    assert list(lesions["lesion_id"]) == ["L1", "L2", "L3"] and lesions.loc[0, "image_id"] == "a b"
+    assert lesions.loc[0, "p_malignant"] == pytest.approx(0.85) and lesions.loc[0, "dx"] == "mel"
+    auroc = {
+        name: metrics_from_predictions(table, threshold=0.5, n_boot=0, seed=0)["metrics"]["malignant_auroc"]["value"]
+        for name, table in (("image", preds), ("lesion", lesions))
+    }
+    assert auroc == {"image": 0.75, "lesion": 1.0}
+
+
+def test_per_lesion_refuses_a_lesion_with_two_diagnoses():
+    preds = _mel_or_nv(["a", "b"], ["HAM_1", "HAM_1"], ["mel", "nv"], [0.9, 0.2])
+    with pytest.raises(ValueError, match="lesion_id HAM_1: its images have different true_dx"):
+        per_lesion(preds, prior=None)
+
+
+def test_binary_task_runs_to_the_report(tmp_path):
+    """task: binary trains, evaluates (benign vs malignant) and reports, per image and per lesion."""
+    run_snakemake(
+        tmp_path,
+        *sample_args("train={task: binary, tiers: [baseline_cnn], monitor: val/auroc}", "--", "results/report.html"),
+    )
+    results = tmp_path / "results"
+    result = json.loads((results / "metrics" / "baseline_cnn.json").read_text())
+    preds = pd.read_csv(results / "predictions" / "baseline_cnn_test.csv")
+    assert result["task"] == "binary" and set(preds["dx"]) <= {"benign", "malignant"}
+    test = result["test"]
+    auroc = roc_auc_score(preds["true_dx"].isin(MALIGNANT), preds["p_malignant"])
+    assert test["metrics"]["malignant_auroc"]["value"] == pytest.approx(auroc)
+    assert set(test["per_class"]) == {"benign", "malignant"} and "macro_auroc" not in test["metrics"]
+    assert test["per_class"]["malignant"]["support"] == preds["true_dx"].isin(MALIGNANT).sum()
+    assert result["test_per_lesion"]["n_lesions"] == preds["lesion_id"].nunique()
+    comparison = pd.read_csv(results / "metrics" / "comparison.csv").set_index("model")
+    assert comparison.loc["baseline_cnn", "malignant_auroc"] == round(auroc, 4)
+    assert "baseline_cnn, per lesion" in comparison.index
+    assert "benign" in (results / "report.html").read_text()
 
 
 def test_metadata_fusion_is_reported_beside_the_image_model(sample_run):

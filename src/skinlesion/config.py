@@ -38,6 +38,14 @@ def check_config(config: dict) -> dict:
     total = sum(ratios.values())
     if abs(total - 1.0) > 1e-6:
         raise ConfigError(f"split.ratios must sum to 1, got {total:g} ({ratios})")
+    for tier in config["train"]["tiers"]:
+        settings = tier_settings(config["train"], tier)
+        allowed = MONITORS[settings["task"]]
+        if settings["monitor"] not in allowed:
+            raise ConfigError(
+                f"train.monitor: {settings['monitor']} is not logged for task: {settings['task']} (tier {tier}); "
+                f"use {' or '.join(allowed)}"
+            )
     return config
 
 
@@ -84,6 +92,8 @@ def expected_checksums(config: dict) -> dict[str, dict]:
 
 
 TIERS = ("baseline_cnn", "resnet", "transfer")
+# The validation metrics each task logs that can pick the best checkpoint (all maximised).
+MONITORS = {"multiclass": ("val/bal_acc", "val/auroc", "val/malignant_auroc"), "binary": ("val/auroc",)}
 
 
 def tier_settings(train_cfg: dict, tier: str) -> dict:

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from skinlesion import MALIGNANT
-from skinlesion.metrics import sens_spec
+from skinlesion.metrics import is_binary, sens_spec
 
 AGE_BANDS = [0, 30, 45, 60, 75, 120]
 
@@ -21,8 +21,16 @@ def worst_false_negatives(preds: pd.DataFrame, threshold: float, k: int = 8) -> 
     return missed.sort_values("p_malignant", kind="stable").head(k)
 
 
+def true_class(preds: pd.DataFrame) -> pd.Series:
+    """What dx is right against: true_dx, or benign / malignant for a binary model's predictions."""
+    if is_binary(preds):
+        return preds["true_dx"].isin(MALIGNANT).map({True: "malignant", False: "benign"})
+    return preds["true_dx"]
+
+
 def confused_pairs(preds: pd.DataFrame, k: int = 8) -> pd.DataFrame:
     """The most frequent (true, predicted) pairs among the errors, with the share of the true class."""
+    preds = preds.assign(true_dx=true_class(preds))
     errors = preds[preds["true_dx"] != preds["dx"]]
     pairs = errors.groupby(["true_dx", "dx"]).size().rename("count").reset_index()
     pairs["share_of_true_class"] = pairs["count"] / pairs["true_dx"].map(preds["true_dx"].value_counts())
@@ -38,6 +46,7 @@ def subgroup_metrics(preds: pd.DataFrame, index: pd.DataFrame, threshold: float)
 
     meta = index.set_index("image_id")[["age", "sex", "localization", "dx_type"]]
     table = preds.join(meta, on="image_id")
+    table["truth"] = true_class(preds)
     table["age_band"] = pd.cut(table["age"], AGE_BANDS, right=False).astype(str).replace("nan", "unknown")
     rows = []
     for column in ("age_band", "sex", "localization", "dx_type"):
@@ -48,8 +57,8 @@ def subgroup_metrics(preds: pd.DataFrame, index: pd.DataFrame, threshold: float)
                 "group": value,
                 "images": len(group),
                 "malignant": int(y_mal.sum()),
-                "accuracy": (group["true_dx"] == group["dx"]).mean(),
-                "balanced_accuracy": balanced_accuracy_score(group["true_dx"], group["dx"]),
+                "accuracy": (group["truth"] == group["dx"]).mean(),
+                "balanced_accuracy": balanced_accuracy_score(group["truth"], group["dx"]),
                 "malignant_auroc": np.nan,
                 "sensitivity": np.nan,
                 "specificity": np.nan,

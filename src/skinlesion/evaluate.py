@@ -16,7 +16,7 @@ from skinlesion import CLASSES, MALIGNANT, malignant_probability
 from skinlesion.datamodule import load_split_table
 from skinlesion.io import atomic_path
 from skinlesion.metadata import fuse, load_metadata_model, log_likelihood_ratio
-from skinlesion.metrics import lesion_bootstrap, per_class, threshold_for_sensitivity
+from skinlesion.metrics import is_binary, labelled, lesion_bootstrap, per_class, threshold_for_sensitivity
 from skinlesion.module import LesionClassifier, load_classifier
 
 log = logging.getLogger(__name__)
@@ -108,10 +108,31 @@ def with_metadata(preds: pd.DataFrame, meta: dict, table: pd.DataFrame, prior) -
     return out
 
 
+def per_lesion(preds: pd.DataFrame, prior) -> pd.DataFrame:
+    """One row per lesion: its images' probabilities averaged (as TTA averages the views of one
+    image), then p_malignant (with ``prior``, as for one image) and dx from the average.
+
+    HAM10000 photographs some lesions several times, so image-level metrics count those lesions
+    more than once; this table counts every lesion once, as a clinic diagnoses it.
+    """
+    grouped = preds.groupby("lesion_id", sort=True)
+    mixed = grouped["true_dx"].nunique() > 1
+    if mixed.any():
+        raise ValueError(f"lesion_id {mixed.idxmax()}: its images have different true_dx")
+    out = grouped.agg(image_id=("image_id", " ".join), true_dx=("true_dx", "first")).reset_index()
+    out = out[["image_id", "lesion_id", "true_dx"]]
+    if is_binary(preds):
+        out[list(CLASSES)] = np.nan
+        out["p_malignant"] = grouped["p_malignant"].mean().to_numpy()
+        out["dx"] = np.where(out["p_malignant"] >= 0.5, "malignant", "benign")
+    else:
+        set_class_probabilities(out, grouped[list(CLASSES)].mean().to_numpy(), prior)
+    return out
+
+
 def metrics_from_predictions(preds: pd.DataFrame, *, threshold: float, n_boot: int, seed: int) -> dict:
-    """Metrics of a multiclass model's predictions table (with true_dx and lesion_id)."""
-    y = preds["true_dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
-    probs = preds[list(CLASSES)].to_numpy()
+    """Metrics of a predictions table (with true_dx and lesion_id) of a multiclass or binary model."""
+    classes, y, probs = labelled(preds)
     return {
         "n_images": int(len(preds)),
         "n_lesions": int(preds["lesion_id"].nunique()),
@@ -122,10 +143,11 @@ def metrics_from_predictions(preds: pd.DataFrame, *, threshold: float, n_boot: i
             preds["lesion_id"].to_numpy(),
             p_malignant=preds["p_malignant"].to_numpy(),
             threshold=threshold,
+            classes=classes,
             n_boot=n_boot,
             seed=seed,
         ),
-        "per_class": per_class(y, probs),
+        "per_class": per_class(y, probs, classes),
     }
 
 
@@ -147,10 +169,13 @@ def evaluate_tier(
 ) -> dict:
     """The evaluate rule: threshold on val, metrics with lesion-bootstrap CIs on test.
 
-    With ``metadata_model`` (a multiclass model only) the same again with the patient metadata
-    fused in (:mod:`skinlesion.metadata`), under ``test_with_metadata``."""
+    ``test`` scores every test image; ``test_per_lesion`` every test lesion once (:func:`per_lesion`,
+    its threshold chosen on the validation lesions). With ``metadata_model`` (a multiclass model
+    only) both again with the patient metadata fused in (:mod:`skinlesion.metadata`), under
+    ``test_with_metadata`` and ``test_with_metadata_per_lesion``."""
     val, model = evaluate_split(ckpt, images_npy, index_csv, split_csv, split="val", tta=tta)
     test, _ = evaluate_split(ckpt, images_npy, index_csv, split_csv, split="test", tta=tta)
+    prior = model.hparams.get("malignant_prior")
 
     def test_metrics(val: pd.DataFrame, test: pd.DataFrame) -> dict:
         threshold = threshold_for_sensitivity(
@@ -165,14 +190,16 @@ def evaluate_tier(
         "target_sensitivity": target_sensitivity,
         "image_size": model.hparams.image_size,
         "test": test_metrics(val, test),
+        "test_per_lesion": test_metrics(per_lesion(val, prior), per_lesion(test, prior)),
         "provenance": provenance or {},
     }
     if metadata_model and not model.binary:
         meta = load_metadata_model(metadata_model)
         table = load_split_table(index_csv, split_csv).set_index("image_id")
-        prior = model.hparams.get("malignant_prior")
         val_meta, test_meta = (with_metadata(p, meta, table, prior) for p in (val, test))
         result["test_with_metadata"] = test_metrics(val_meta, test_meta)
+        lesions = (per_lesion(p, prior) for p in (val_meta, test_meta))
+        result["test_with_metadata_per_lesion"] = test_metrics(*lesions)
     write_csv(test, out_predictions)
     with atomic_path(out_metrics) as tmp:
         tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

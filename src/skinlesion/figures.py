@@ -68,20 +68,19 @@ def evaluation_figures(predictions_csv, metrics_json, out_confusion, out_roc, ou
     import seaborn as sns
     from sklearn.metrics import confusion_matrix, roc_curve
 
-    from skinlesion.metrics import MALIGNANT_IDX, reliability_bins
+    from skinlesion.metrics import labelled, malignant_indices, reliability_bins
 
     preds = pd.read_csv(predictions_csv)
     metrics = json.loads(Path(metrics_json).read_text())["test"]
-    y = preds["true_dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
-    probs = preds[list(CLASSES)].to_numpy()
+    classes, y, probs = labelled(preds)
 
-    cm = confusion_matrix(y, probs.argmax(axis=1), labels=range(len(CLASSES)))
+    cm = confusion_matrix(y, probs.argmax(axis=1), labels=range(len(classes)))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     with np.errstate(invalid="ignore"):
         norm = cm / cm.sum(axis=1, keepdims=True)
     for ax, data, fmt, title in ((axes[0], cm, "d", "counts"), (axes[1], norm, ".2f", "row-normalised (recall)")):
         sns.heatmap(
-            data, annot=True, fmt=fmt, cmap="Blues", cbar=False, ax=ax, xticklabels=CLASSES, yticklabels=CLASSES
+            data, annot=True, fmt=fmt, cmap="Blues", cbar=False, ax=ax, xticklabels=classes, yticklabels=classes
         )
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
@@ -89,12 +88,12 @@ def evaluation_figures(predictions_csv, metrics_json, out_confusion, out_roc, ou
     save(fig, out_confusion)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
-    for i, name in enumerate(CLASSES):
+    for i, name in enumerate(classes):
         if 0 < (y == i).sum() < len(y):
             fpr, tpr, _ = roc_curve(y == i, probs[:, i])
             auc = metrics["per_class"][name]["auroc"]
             axes[0].plot(fpr, tpr, label=f"{name} (AUROC {auc:.3f})")
-    y_mal = np.isin(y, MALIGNANT_IDX)
+    y_mal = np.isin(y, malignant_indices(classes))
     fpr, tpr, _ = roc_curve(y_mal, preds["p_malignant"])
     m = metrics["metrics"]
     auc = m["malignant_auroc"]

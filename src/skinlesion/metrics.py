@@ -5,7 +5,8 @@ ISIC 2018 Task 3 ranking metric: mean per-class recall), macro F1, per-class pre
 recall / F1 / AUROC, macro AUROC, malignant-vs-benign AUROC and average precision,
 sensitivity and specificity at a threshold chosen on the validation split, and expected
 calibration error. Confidence intervals resample *lesions* (all images of a drawn lesion come
-along), since images of one lesion are not independent.
+along), since images of one lesion are not independent. A binary model's metrics are the same
+with its two classes, benign and malignant, in place of the seven diagnoses.
 """
 
 from __future__ import annotations
@@ -20,9 +21,36 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from skinlesion import CLASSES, MALIGNANT, malignant_probability
+from skinlesion import CLASSES, MALIGNANT
 
 MALIGNANT_IDX = [CLASSES.index(c) for c in MALIGNANT]
+BINARY_CLASSES = ("benign", "malignant")
+
+
+def is_binary(preds) -> bool:
+    """Whether a predictions table is a binary model's: its dx is only ever benign or malignant."""
+    return set(preds["dx"]) <= set(BINARY_CLASSES)
+
+
+def labelled(preds) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """(class names, true class indices, (N, C) probabilities) of a predictions table.
+
+    A multiclass model's table has a probability column per diagnosis. A binary model's has only
+    p_malignant (its diagnosis columns are empty and dx is benign or malignant), so its classes are
+    benign and malignant and the truth is whether true_dx is mel, bcc or akiec.
+    """
+    if is_binary(preds):
+        p = preds["p_malignant"].to_numpy(dtype=float)
+        return BINARY_CLASSES, preds["true_dx"].isin(MALIGNANT).to_numpy().astype(int), np.column_stack([1 - p, p])
+    unknown = sorted(set(preds["true_dx"]) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"true_dx: unknown diagnoses {unknown}")
+    return CLASSES, preds["true_dx"].map(CLASSES.index).to_numpy(), preds[list(CLASSES)].to_numpy(dtype=float)
+
+
+def malignant_indices(classes) -> list[int]:
+    """Which of ``classes`` count as malignant: mel, bcc and akiec, or the binary malignant class."""
+    return [i for i, c in enumerate(classes) if c in MALIGNANT or c == "malignant"]
 
 
 def threshold_for_sensitivity(y_malignant: np.ndarray, p_malignant: np.ndarray, target: float = 0.95) -> float:
@@ -66,11 +94,14 @@ def reliability_bins(y: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict:
     return {"edges": edges, "count": counts, "accuracy": acc, "confidence": mean_conf}
 
 
-def _point_metrics(y: np.ndarray, probs: np.ndarray, p_mal: np.ndarray, threshold: float | None) -> dict[str, float]:
-    """Scalar metrics of one (re)sample. ``y`` are indices into CLASSES, ``probs`` is (N, 7)."""
+def _point_metrics(
+    y: np.ndarray, probs: np.ndarray, p_mal: np.ndarray, threshold: float | None, malignant: list[int] = MALIGNANT_IDX
+) -> dict[str, float]:
+    """Scalar metrics of one (re)sample. ``y`` are class indices, ``probs`` is (N, C), ``malignant``
+    the malignant classes' indices. Macro AUROC is left out for two classes (it is the malignant AUROC)."""
     pred = probs.argmax(axis=1)
-    labels = np.arange(len(CLASSES))
-    y_mal = np.isin(y, MALIGNANT_IDX)
+    labels = np.arange(probs.shape[1])
+    y_mal = np.isin(y, malignant)
     out = {
         "accuracy": float((pred == y).mean()),
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
@@ -78,7 +109,7 @@ def _point_metrics(y: np.ndarray, probs: np.ndarray, p_mal: np.ndarray, threshol
         "ece": expected_calibration_error(y, probs),
     }
     present = np.unique(y)
-    if len(present) == len(CLASSES):
+    if len(present) == len(labels) > 2:
         out["macro_auroc"] = float(roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=labels))
     if 0 < y_mal.sum() < len(y_mal):
         out["malignant_auroc"] = float(roc_auc_score(y_mal, p_mal))
@@ -88,12 +119,12 @@ def _point_metrics(y: np.ndarray, probs: np.ndarray, p_mal: np.ndarray, threshol
     return out
 
 
-def per_class(y: np.ndarray, probs: np.ndarray) -> dict[str, dict[str, float]]:
+def per_class(y: np.ndarray, probs: np.ndarray, classes=CLASSES) -> dict[str, dict[str, float]]:
     pred = probs.argmax(axis=1)
-    labels = np.arange(len(CLASSES))
+    labels = np.arange(len(classes))
     precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     out = {}
-    for i, name in enumerate(CLASSES):
+    for i, name in enumerate(classes):
         positive = y == i
         auroc = float(roc_auc_score(positive, probs[:, i])) if 0 < positive.sum() < len(y) else None
         out[name] = {
@@ -113,17 +144,19 @@ def lesion_bootstrap(
     *,
     threshold: float | None,
     p_malignant: np.ndarray | None = None,
+    classes=CLASSES,
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
 ) -> dict[str, dict[str, float]]:
     """Point estimate and percentile CI of every scalar metric, resampling lesions with replacement.
 
-    ``p_malignant`` defaults to the malignant classes' summed probability (see
-    :func:`skinlesion.malignant_probability`)."""
+    ``classes`` names the columns of ``probs``: the seven diagnoses or benign and malignant.
+    ``p_malignant`` defaults to the malignant classes' summed probability."""
     y, probs, lesion_ids = np.asarray(y), np.asarray(probs), np.asarray(lesion_ids)
-    p_mal = malignant_probability(probs) if p_malignant is None else np.asarray(p_malignant, dtype=float)
-    point = _point_metrics(y, probs, p_mal, threshold)
+    malignant = malignant_indices(classes)
+    p_mal = probs[:, malignant].sum(axis=1) if p_malignant is None else np.asarray(p_malignant, dtype=float)
+    point = _point_metrics(y, probs, p_mal, threshold, malignant)
     _, inverse = np.unique(lesion_ids, return_inverse=True)
     members = [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
     rng = np.random.default_rng(seed)
@@ -131,7 +164,7 @@ def lesion_bootstrap(
     for _ in range(n_boot):
         chosen = rng.integers(0, len(members), len(members))
         idx = np.concatenate([members[k] for k in chosen])
-        for key, value in _point_metrics(y[idx], probs[idx], p_mal[idx], threshold).items():
+        for key, value in _point_metrics(y[idx], probs[idx], p_mal[idx], threshold, malignant).items():
             draws[key].append(value)
     alpha = (1 - level) / 2
     result = {}

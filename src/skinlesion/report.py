@@ -40,17 +40,27 @@ COLUMNS = [
 ]
 
 
+# The metrics JSON's test blocks, and their rows' names in the comparison.
+BLOCKS = (
+    ("test", "{tier}"),
+    ("test_with_metadata", "{tier} + metadata"),
+    ("test_per_lesion", "{tier}, per lesion"),
+    ("test_with_metadata_per_lesion", "{tier} + metadata, per lesion"),
+)
+
+
 def comparison_table(metrics_files: list[str], histories: list[str], out_csv: str | os.PathLike) -> pd.DataFrame:
-    """One row per tier (value and 95% CI of each metric), then the published anchors."""
+    """Rows per tier (value and 95% CI of each metric): by image and by lesion, each alone and with
+    the metadata; then the published anchors."""
     rows = []
     for metrics_file, history_file in zip(metrics_files, histories, strict=True):
         result = json.loads(Path(metrics_file).read_text())
         history = pd.read_csv(history_file)
-        for block, suffix in (("test", ""), ("test_with_metadata", " + metadata")):
+        for block, name in BLOCKS:
             if block not in result:
                 continue
             row = {
-                "model": result["tier"] + suffix,
+                "model": name.format(tier=result["tier"]),
                 "image_size": result["image_size"],
                 "epochs": len(history),
                 "train_minutes": round(history["time/train_epoch_s"].sum() / 60, 1),
@@ -59,9 +69,14 @@ def comparison_table(metrics_files: list[str], histories: list[str], out_csv: st
                 m = result[block]["metrics"].get(key)
                 row[key] = round(m["value"], 4) if m else None
                 row[f"{key}_ci"] = f"{m['ci_low']:.3f}-{m['ci_high']:.3f}" if m else None
-            row["caveat"] = f"this pipeline: lesion-grouped test split, {result[block]['n_images']} images" + (
-                "; image + age, sex, body site (naive Bayes)" if suffix else ""
+            scored = result[block]
+            row["caveat"] = "this pipeline: lesion-grouped test split, " + (
+                f"{scored['n_lesions']} lesions, each once (its images' probabilities averaged)"
+                if block.endswith("per_lesion")
+                else f"{scored['n_images']} images"
             )
+            if "metadata" in block:
+                row["caveat"] += "; image + age, sex, body site (naive Bayes)"
             rows.append(row)
     table = pd.DataFrame(rows + ANCHORS)
     with atomic_path(out_csv) as tmp:
