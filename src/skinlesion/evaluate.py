@@ -55,10 +55,7 @@ def probability_table(model: LesionClassifier, probs: np.ndarray, image_ids) -> 
     """
     table = pd.DataFrame({"image_id": list(image_ids)})
     if model.binary:
-        for name in CLASSES:
-            table[name] = np.nan
-        table["p_malignant"] = probs[:, 1]
-        table["dx"] = np.where(probs[:, 1] >= 0.5, "malignant", "benign")
+        set_binary_probability(table, probs[:, 1])
     else:
         set_class_probabilities(table, probs, model.hparams.get("malignant_prior"))
     return table
@@ -70,6 +67,13 @@ def set_class_probabilities(table: pd.DataFrame, probs: np.ndarray, prior) -> No
     table[list(CLASSES)] = probs
     table["p_malignant"] = malignant_probability(probs, prior)
     table["dx"] = np.asarray(CLASSES)[probs.argmax(axis=1)]
+
+
+def set_binary_probability(table: pd.DataFrame, p_malignant: np.ndarray) -> None:
+    """A binary model's columns: no per-class probabilities, p_malignant, dx benign or malignant at 0.5."""
+    table[list(CLASSES)] = np.nan
+    table["p_malignant"] = p_malignant
+    table["dx"] = np.where(table["p_malignant"] >= 0.5, "malignant", "benign")
 
 
 def write_csv(frame: pd.DataFrame, dest) -> None:
@@ -122,9 +126,7 @@ def per_lesion(preds: pd.DataFrame, prior) -> pd.DataFrame:
     out = grouped.agg(image_id=("image_id", " ".join), true_dx=("true_dx", "first")).reset_index()
     out = out[["image_id", "lesion_id", "true_dx"]]
     if is_binary(preds):
-        out[list(CLASSES)] = np.nan
-        out["p_malignant"] = grouped["p_malignant"].mean().to_numpy()
-        out["dx"] = np.where(out["p_malignant"] >= 0.5, "malignant", "benign")
+        set_binary_probability(out, grouped["p_malignant"].mean().to_numpy())
     else:
         set_class_probabilities(out, grouped[list(CLASSES)].mean().to_numpy(), prior)
     return out
