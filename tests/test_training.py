@@ -77,7 +77,9 @@ def test_step_timer_counts_the_batched_jitter_as_work_not_as_data_wait(sample_ru
     timer = time_training_steps(dm, model, {**settings, "accelerator": "cpu"}, batches=4)
     assert len(timer.jitter) == len(timer.wait) == len(timer.busy) == 4
     assert min(timer.jitter) >= 0.2 and sum(timer.jitter) == pytest.approx(dm.jitter_seconds)
-    assert max(timer.wait) < 0.2
+    # Were the jitter booked as data wait, every step would wait >= 0.2 s. The first step's wait is left out:
+    # it also holds the DataLoader's start (iterator, cold page cache), which took 0.65 s once on a busy CI machine.
+    assert max(timer.wait[1:]) < 0.2
 
 
 def test_checkpoints_hold_the_averaged_weights(sample_run):
