@@ -7,7 +7,9 @@ Reads a finished workflow's checkpoints, cache, test predictions and metadata mo
 is scored on the lesion-grouped test split. Prints, for each tier, each mean of tiers'
 probabilities and a class-balanced logistic regression over the tiers' log-probabilities, the
 test balanced accuracy and malignant-vs-benign AUROC, alone and with the metadata fused in as
-the evaluate rule does. The validation predictions use the same TTA setting as the evaluation.
+the evaluate rule does; and, against that naive-Bayes fusion, the same regression given the
+one-hot metadata as further features (a learned fusion). The validation predictions use the
+same TTA setting as the evaluation.
 """
 
 import argparse
@@ -18,12 +20,13 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.preprocessing import OneHotEncoder
 
 from skinlesion import CLASSES, MALIGNANT, malignant_probability
 from skinlesion.config import load_config
 from skinlesion.datamodule import load_split_table
 from skinlesion.evaluate import evaluate_split
-from skinlesion.metadata import fuse, load_metadata_model, log_likelihood_ratio
+from skinlesion.metadata import encode, fuse, load_metadata_model, log_likelihood_ratio
 
 
 def score(probs: np.ndarray, truth: pd.Series, prior) -> str:
@@ -59,9 +62,9 @@ def main() -> None:
     def report(name: str, test_probs: np.ndarray) -> None:
         plain = score(test_probs, truth["test"], prior)
         fused = score(fuse(test_probs, test_ratio), truth["test"], prior)
-        print(f"{name:48s} {plain:>15s} {fused:>15s}")
+        print(f"{name:64s} {plain:>15s} {fused:>15s}")
 
-    print(f"{'test: balanced accuracy / malignant AUROC':48s} {'image':>15s} {'+ metadata':>15s}")
+    print(f"{'test: balanced accuracy / malignant AUROC':64s} {'image':>15s} {'+ metadata':>15s}")
     for tier in args.tiers:
         report(tier, probs[tier, "test"])
     for n in range(2, len(args.tiers) + 1):
@@ -71,6 +74,11 @@ def main() -> None:
     stack = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000)
     stack.fit(x["val"], truth["val"].map(CLASSES.index))
     report("stack of " + " + ".join(args.tiers), stack.predict_proba(x["test"]))
+    onehot = OneHotEncoder(handle_unknown="ignore", sparse_output=False).fit(encode(table.query("split == 'train'")))
+    x = {split: np.hstack([x[split], onehot.transform(encode(table.loc[ids[split]]))]) for split in x}
+    stack.fit(x["val"], truth["val"].map(CLASSES.index))
+    learned = score(stack.predict_proba(x["test"]), truth["test"], prior)
+    print(f"{'stack of ' + ' + '.join(args.tiers) + ' + metadata features':64s} {'-':>15s} {learned:>15s}")
 
 
 if __name__ == "__main__":
