@@ -14,6 +14,7 @@ container: config["container"]
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/select.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 include: "rules/export.smk"

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skinlesion.datamodule import load_split_table
 from skinlesion.export import Deployed
 from skinlesion.inference import OnnxClassifier, to_input
 from skinlesion.module import load_classifier
+from skinlesion.tables import load_development_table
 
 
 def timed(fn, repeats: int, warmup: int) -> list[float]:
@@ -47,8 +47,8 @@ def bench_tier(run_dir: Path, tier: str, args) -> dict:
     contract = clf.contract
     model = Deployed(load_classifier(run_dir / contract["checkpoint"]).float(), contract["temperature"] or 1.0).eval()
     data = run_dir / "results" / "data"
-    table = load_split_table(data / "index.csv", data / "split.csv")
-    rows = table.index[table["split"] == "val"][: args.batch]
+    table = load_development_table(data / "index.csv", data / "development.csv")
+    rows = table.loc[table["split"] == "val", "row"].to_numpy()[: args.batch]
     cache = np.load(data / "images.npy", mmap_mode="r")
     batch = np.stack([to_input(np.asarray(cache[r]), clf.input_size) for r in rows])
     single = batch[:1]

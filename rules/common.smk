@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 validate(config, schema="../schemas/config.schema.yaml")
 
 from skinlesion.config import ConfigError, check_config, data_files, tier_settings  # noqa: E402
+from skinlesion.select import DEFAULT, variant_settings  # noqa: E402
 
 check_config(config)
 
@@ -31,15 +32,19 @@ FIGURES = "results/figures"
 METRICS = "results/metrics"
 PREDICTIONS = "results/predictions"
 BENCHMARKS = "results/benchmarks"
+SELECTION = "results/selection"
 TIERS = config["train"]["tiers"]
 
-# The preprocessed cache every training and evaluation job reads.
-CACHE = {
+# The preprocessed cache with the development split table (train and val rows only): what
+# training, selection, thresholds, calibration and the metadata model read (docs/evaluation.md).
+DEVELOPMENT = {
     "images": f"{DATA}/images.npy",
     "index": f"{DATA}/index.csv",
-    "split": f"{DATA}/split.csv",
+    "split": f"{DATA}/development.csv",
     "stats": f"{DATA}/norm_stats.json",
 }
+# The same with the full split table: the evaluate rule's, the only one that reads the test rows.
+CACHE = {**DEVELOPMENT, "split": f"{DATA}/split.csv"}
 # GPUs each train job asks for (0 when training is pinned to the CPU).
 TRAIN_GPUS = 0 if config["train"]["accelerator"] == "cpu" else config["train"]["devices"]
 # The same request for IBM LSF (snakemake-executor-plugin-lsf ignores the gpu resource).
@@ -60,6 +65,11 @@ EVAL_OUTPUTS = [
     for tier in TIERS
     for name in ("confusion", "roc", "reliability")
 ]
+
+
+def selection_variants(tier):
+    """The selection variants of a tier: its own settings first, then the configured ones."""
+    return [DEFAULT, *config["selection"]["variants"].get(tier, {})]
 
 
 def raw(name):

@@ -1,4 +1,5 @@
 # Data stage: download -> checksum -> preprocess (extract, validate, cache) -> split -> stats.
+# The split rule seals the test split: every later rule but evaluate reads development.csv.
 
 
 rule download:
@@ -68,6 +69,7 @@ rule split:
     output:
         split=f"{DATA}/split.csv",
         counts=f"{DATA}/split_counts.csv",
+        development=DEVELOPMENT["split"],
     params:
         ratios=config["split"]["ratios"],
         seed=config["seed"],
@@ -83,11 +85,11 @@ rule split:
 
 rule channel_stats:
     input:
-        images=f"{DATA}/images.npy",
-        index=f"{DATA}/index.csv",
-        split=f"{DATA}/split.csv",
+        images=DEVELOPMENT["images"],
+        index=DEVELOPMENT["index"],
+        split=DEVELOPMENT["split"],
     output:
-        f"{DATA}/norm_stats.json",
+        DEVELOPMENT["stats"],
     benchmark:
         f"{BENCHMARKS}/channel_stats.tsv",
     log:

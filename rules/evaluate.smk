@@ -1,4 +1,5 @@
-# Evaluation stage: each tier on the held-out, lesion-grouped test split.
+# Evaluation stage: each tier on the held-out, lesion-grouped test split, the only rule that
+# reads its rows (CACHE's split.csv); everything downstream derives from its outputs.
 
 
 rule evaluate:

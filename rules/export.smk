@@ -6,7 +6,7 @@ rule export:
     input:
         ckpt=f"{MODELS}/{{tier}}/best.ckpt",
         checksums=f"{DATA}/checksums.csv",
-        **CACHE,
+        **DEVELOPMENT,
     output:
         onnx=f"{EXPORT}/{{tier}}/model.onnx",
         contract=f"{EXPORT}/{{tier}}/model.json",

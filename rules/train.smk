@@ -3,7 +3,7 @@
 
 rule augment_preview:
     input:
-        **CACHE,
+        **DEVELOPMENT,
     output:
         report(
             f"{FIGURES}/augment_preview.png",
@@ -25,8 +25,8 @@ rule augment_preview:
 
 rule metadata_model:
     input:
-        index=CACHE["index"],
-        split=CACHE["split"],
+        index=DEVELOPMENT["index"],
+        split=DEVELOPMENT["split"],
     output:
         f"{MODELS}/metadata.json",
     params:
@@ -44,7 +44,7 @@ rule metadata_model:
 rule train:
     input:
         checksums=f"{DATA}/checksums.csv",
-        **CACHE,
+        **DEVELOPMENT,
     output:
         ckpt=f"{MODELS}/{{tier}}/best.ckpt",
         history=f"{MODELS}/{{tier}}/history.csv",

@@ -6,6 +6,7 @@ with log_to(snakemake.log[0]):
         snakemake.input.index,
         snakemake.output.split,
         snakemake.output.counts,
+        snakemake.output.development,
         ratios=dict(snakemake.params.ratios),
         seed=snakemake.params.seed,
     )

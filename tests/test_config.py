@@ -23,7 +23,13 @@ def _dry_run(tmp_path, extra: dict):
         ({"preprocess": {"image_size": 128, "on_bad_image": "ignore"}}, "'ignore' is not one of"),
         ({"split": {"ratios": {"train": 0.8, "val": 0.15, "test": 0.15}}}, "split.ratios must sum to 1, got 1.1"),
         ({"sedd": 1}, "Additional properties are not allowed ('sedd' was unexpected)"),
-        ({"train": {"task": "binary"}}, "train.monitor: val/bal_acc is not logged for task: binary"),
+        ({"train": {"task": "binary"}}, "train (baseline_cnn): monitor: val/bal_acc is not logged for task: binary"),
+        # Both would leave the reported (population) probabilities without a prior that fits them.
+        ({"train": {"resnet": {"imbalance": "both"}}}, "train (resnet): imbalance: both is refused"),
+        (
+            {"train": {"malignant_loss_weight": 1.0}},
+            "train (baseline_cnn): malignant_loss_weight needs imbalance: weighted_loss, logit_adjust or none",
+        ),
     ],
 )
 def test_bad_config_fails_at_start(tmp_path, override, message):

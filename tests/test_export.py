@@ -11,11 +11,11 @@ from torchvision.transforms import v2
 
 from conftest import FULLRES, ROOT, need
 from skinlesion import MALIGNANT
-from skinlesion.datamodule import load_split_table
 from skinlesion.export import Deployed, export_tier, fit_temperature, sha256, weights_sha256
 from skinlesion.inference import OnnxClassifier, decode, to_input
 from skinlesion.metrics import sens_spec
 from skinlesion.module import load_classifier
+from skinlesion.tables import load_development_table
 
 TIERS = ["baseline_cnn", "resnet", "transfer"]
 
@@ -60,11 +60,11 @@ def test_sidecar_is_the_inference_contract(sample_run, tier):
 
     # The operating threshold reaches the target sensitivity on val for the deployed model's probabilities.
     data = sample_run / "results" / "data"
-    table = load_split_table(data / "index.csv", data / "split.csv")
+    table = load_development_table(data / "index.csv", data / "development.csv")
     val = table[table["split"] == "val"]
     cache = np.load(data / "images.npy", mmap_mode="r")
     clf = OnnxClassifier(export)
-    probs = clf.probabilities(np.stack([to_input(np.asarray(cache[r]), clf.input_size) for r in val.index]))
+    probs = clf.probabilities(np.stack([to_input(np.asarray(cache[r]), clf.input_size) for r in val["row"]]))
     p_malignant = clf.p_malignant(probs)
     sensitivity, _ = sens_spec(val["malignant"].to_numpy(), p_malignant, c["operating_threshold"])
     assert sensitivity >= c["threshold_selection"]["target_sensitivity"]

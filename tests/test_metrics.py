@@ -98,3 +98,48 @@ def test_malignant_probability_under_the_training_frequencies():
     lesions = np.arange(4).astype(str)
     ranked = lesion_bootstrap(y, p, lesions, threshold=None, p_malignant=[0.9, 0.1, 0.8, 0.2], n_boot=0)
     assert ranked["malignant_auroc"]["value"] == 1.0
+
+
+def test_threshold_is_the_highest_one_reaching_the_target_among_collinear_roc_points():
+    """20 malignant scores 0.51 ... 0.70, every one above all benign ones: the ROC curve runs straight
+    up the left edge, and those collinear points are what roc_curve drops by default. 95% sensitivity
+    keeps 19 of 20, so the answer is the second-lowest malignant score, 0.52 (not 0.51)."""
+    p_mal = np.concatenate([np.round(np.arange(51, 71) / 100, 2), np.linspace(0.05, 0.45, 30)])
+    y_mal = np.concatenate([np.ones(20), np.zeros(30)])
+    t = threshold_for_sensitivity(y_mal, p_mal, 0.95)
+    assert t == pytest.approx(0.52)
+    assert sens_spec(y_mal, p_mal, t) == (pytest.approx(0.95), 1.0)
+
+
+def population_calibrated(n=20000, seed=0):
+    """Labels drawn from population probabilities q, and the class columns a model trained under a
+    uniform prior reports for them: q / prior, renormalised. Returns (y, columns, prior)."""
+    rng = np.random.default_rng(seed)
+    prior = np.array([0.03, 0.05, 0.11, 0.01, 0.11, 0.67, 0.02])
+    q = rng.dirichlet(prior * 4, n)
+    y = np.array([rng.choice(7, p=row / row.sum()) for row in q])
+    columns = q / prior
+    return y, columns / columns.sum(axis=1, keepdims=True), prior
+
+
+def test_calibration_is_measured_on_the_population_probabilities():
+    """A model whose reported (population) probabilities are calibrated scores an ECE near 0; its
+    uniform-prior class columns, scored against population labels, would look badly calibrated."""
+    y, columns, prior = population_calibrated()
+    lesions = np.arange(len(y)).astype(str)
+    with_prior = lesion_bootstrap(y, columns, lesions, threshold=None, prior=prior, n_boot=2)
+    assert with_prior["ece"]["value"] < 0.02
+    assert expected_calibration_error(y, columns) > 0.1  # what the columns alone would give
+
+
+def test_export_temperature_is_fitted_on_the_population_probabilities():
+    """Calibrated population probabilities need no temperature (T = 1); fitted on the class columns
+    against population labels, T would absorb the prior shift instead."""
+    import torch
+
+    from skinlesion.export import fit_temperature
+
+    y, columns, prior = population_calibrated(n=5000)
+    logits, labels = torch.tensor(np.log(columns), dtype=torch.float32), torch.tensor(y)
+    assert fit_temperature(logits, labels, prior.tolist()) == pytest.approx(1.0, abs=0.05)
+    assert abs(fit_temperature(logits, labels) - 1.0) > 0.2

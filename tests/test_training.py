@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from conftest import ROOT, SNAKEMAKE, run_snakemake, sample_args
 from skinlesion.config import load_config, tier_settings
 from skinlesion.datamodule import LesionDataModule
+from skinlesion.export import weights_sha256
 from skinlesion.module import load_classifier
 from skinlesion.train import build, time_training_steps
 
@@ -89,8 +90,9 @@ def test_checkpoints_hold_the_averaged_weights(sample_run):
     assert any(not torch.equal(averaged[k], current[k]) for k in averaged if averaged[k].is_floating_point())
 
 
-def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
-    """Kill a real training run mid-way; Snakemake's rerun continues from last.ckpt, not from scratch."""
+def test_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path):
+    """Kill a real training run mid-way; Snakemake's rerun continues from last.ckpt, not from scratch,
+    and ends with the same weights and history as the same training never interrupted."""
     cfg = tmp_path / "longer.yaml"
     cfg.write_text(
         yaml.safe_dump(
@@ -139,6 +141,14 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     history = pd.read_csv(tmp_path / "results" / "models" / "resnet" / "history.csv")
     assert list(history["epoch"]) == list(range(40))
     assert (tmp_path / "results" / "models" / "resnet" / "mlflow_run_id.txt").read_text().strip() == run_id
+
+    uninterrupted = tmp_path / "uninterrupted"
+    run_snakemake(uninterrupted, *sample_args("--", target, configfiles=(cfg,)))
+    hashes = [weights_sha256(load_classifier(run / target).net) for run in (tmp_path, uninterrupted)]
+    assert hashes[0] == hashes[1]
+    again = pd.read_csv(uninterrupted / "results" / "models" / "resnet" / "history.csv")
+    val = [c for c in history if c.startswith(("val/", "train/"))]
+    pd.testing.assert_frame_equal(history[val], again[val])
 
 
 @pytest.mark.slow

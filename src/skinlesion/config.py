@@ -39,14 +39,40 @@ def check_config(config: dict) -> dict:
     if abs(total - 1.0) > 1e-6:
         raise ConfigError(f"split.ratios must sum to 1, got {total:g} ({ratios})")
     for tier in config["train"]["tiers"]:
-        settings = tier_settings(config["train"], tier)
-        allowed = MONITORS[settings["task"]]
-        if settings["monitor"] not in allowed:
+        check_training(tier_settings(config["train"], tier), f"train ({tier})")
+    from skinlesion.select import DEFAULT, variant_settings
+
+    variants = config["selection"]["variants"]
+    for tier, named in variants.items():
+        if DEFAULT in named:
             raise ConfigError(
-                f"train.monitor: {settings['monitor']} is not logged for task: {settings['task']} (tier {tier}); "
-                f"use {' or '.join(allowed)}"
+                f"selection.variants.{tier}: {DEFAULT!r} names the tier's own settings; rename the variant"
             )
+        for variant in named:
+            variant_settings(config["train"], tier, variant, variants)
     return config
+
+
+def check_training(settings: dict, where: str) -> None:
+    """Cross-field checks of one tier's resolved training settings; ``where`` names them in errors."""
+    if settings["imbalance"] == "both":
+        raise ConfigError(
+            f"{where}: imbalance: both is refused: the sampler already balances the classes and the weighted "
+            "loss then favours the rare ones again, so no class prior turns its probabilities into population "
+            "probabilities (p_malignant, calibration); use sampler, weighted_loss or logit_adjust"
+        )
+    if settings["malignant_loss_weight"] and settings["imbalance"] == "sampler":
+        raise ConfigError(
+            f"{where}: malignant_loss_weight needs imbalance: weighted_loss, logit_adjust or none: the auxiliary "
+            "loss fits the population malignant probability, but the sampler's class-balanced batches do not "
+            "follow the population's class frequencies"
+        )
+    allowed = MONITORS[settings["task"]]
+    if settings["monitor"] not in allowed:
+        raise ConfigError(
+            f"{where}: monitor: {settings['monitor']} is not logged for task: {settings['task']}; "
+            f"use {' or '.join(allowed)}"
+        )
 
 
 def load_config(path: str | os.PathLike = DEFAULT_CONFIG, overrides: dict | None = None) -> dict:

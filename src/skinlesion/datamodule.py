@@ -15,13 +15,12 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from skinlesion import CLASSES
-from skinlesion.preprocess import read_index
+from skinlesion.tables import labels_for, load_development_table
 
 TASKS = ("multiclass", "binary")
 
@@ -74,8 +73,48 @@ def eval_transform(size: int) -> v2.Transform:
     return v2.Resize((size, size), antialias=True)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one training epoch: a function of the run's seed and the epoch number alone."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class EpochSampler(Sampler):
+    """The training draws of one epoch, from (seed, epoch) alone: ``n`` indices (a permutation, or
+    with ``weights`` drawn with replacement in proportion to them, e.g. class-balanced), each paired
+    with a seed for its augmentation (:class:`CacheDataset`).
+
+    Nothing carries over from one epoch to the next, so a training resumed at epoch k sees exactly
+    the samples and augmentations an uninterrupted one sees, whatever the number of workers.
+    Lightning calls :meth:`set_epoch` before each epoch's iterator; where it cannot (the sampler
+    wrapped for DDP) each pass moves on to the next epoch.
+    """
+
+    def __init__(self, n: int, weights: np.ndarray | None = None, *, seed: int = 0):
+        self.n, self.seed, self.epoch = n, seed, 0
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        self.epoch += 1
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        draw_seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=g)
+        return iter(list(zip(order.tolist(), draw_seeds.tolist(), strict=True)))
+
+
 class CacheDataset(Dataset):
-    """Rows of the uint8 image cache with their labels; opens the memmap lazily in each worker."""
+    """Rows of the uint8 image cache with their labels; opens the memmap lazily in each worker.
+
+    An item is a position or, from :class:`EpochSampler`, a (position, seed) pair: the random
+    transform then draws from that seed alone, not from the worker's random state."""
 
     def __init__(self, images_npy: str | os.PathLike, rows: np.ndarray, labels: np.ndarray, transform=None):
         self.images_npy = str(images_npy)
@@ -87,34 +126,24 @@ class CacheDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, item: int | tuple[int, int]):
+        i, draw_seed = item if isinstance(item, tuple) else (item, None)
         if self._images is None:
             self._images = np.load(self.images_npy, mmap_mode="r")
         img = torch.from_numpy(np.array(self._images[self.rows[i]])).permute(2, 0, 1)
         if self.transform is not None:
-            img = self.transform(img)
+            if draw_seed is None:
+                img = self.transform(img)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(draw_seed)
+                    img = self.transform(img)
         return img, self.labels[i]
 
 
-def load_split_table(index_csv, split_csv) -> pd.DataFrame:
-    """The index table with each image's split, in cache row order."""
-    index = read_index(index_csv)
-    split = pd.read_csv(split_csv, dtype={"image_id": str, "lesion_id": str})
-    table = index.merge(split[["image_id", "split"]], on="image_id", how="left", validate="one_to_one")
-    if table["split"].isna().any():
-        missing = table.loc[table["split"].isna(), "image_id"].tolist()[:5]
-        raise ValueError(f"{split_csv}: no split for cached image(s) {missing}")
-    return table
-
-
-def labels_for(table: pd.DataFrame, task: str) -> np.ndarray:
-    if task == "multiclass":
-        return table["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
-    return table["malignant"].to_numpy()
-
-
 class LesionDataModule(L.LightningDataModule):
-    """Train/val/test loaders over the preprocessed cache and the lesion-grouped split."""
+    """Train and val loaders over the preprocessed cache and a development split table (train and val
+    rows only: :func:`skinlesion.tables.load_development_table` refuses test rows)."""
 
     def __init__(
         self,
@@ -134,7 +163,7 @@ class LesionDataModule(L.LightningDataModule):
         super().__init__()
         self.images_npy, self.task, self.image_size = images_npy, task, image_size
         self.batch_size, self.num_workers, self.imbalance, self.seed = batch_size, num_workers, imbalance, seed
-        self.table = load_split_table(index_csv, split_csv)
+        self.table = load_development_table(index_csv, split_csv)
         self.labels = labels_for(self.table, task)
         stats = json.loads(Path(stats_json).read_text())
         self.mean, self.std = stats["mean"], stats["std"]
@@ -165,14 +194,15 @@ class LesionDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Seeded per epoch (:class:`EpochSampler`): class-balanced draws with ``imbalance: sampler``,
+        else a permutation. The loader's own generator keeps its worker seeds off the global RNG."""
         data = self.dataset("train", train=True)
+        weights = 1.0 / self.class_counts()[data.labels.numpy()] if self.imbalance == "sampler" else None
+        sampler = EpochSampler(len(data), weights, seed=self.seed)
+        if self.trainer is not None:  # a resumed fit starts at its checkpoint's epoch
+            sampler.set_epoch(self.trainer.current_epoch)
         generator = torch.Generator().manual_seed(self.seed)
-        if self.imbalance in ("sampler", "both"):
-            counts = self.class_counts()
-            weights = 1.0 / counts[data.labels.numpy()]
-            sampler = WeightedRandomSampler(weights, num_samples=len(data), replacement=True, generator=generator)
-            return self._loader(data, sampler=sampler, drop_last=True)
-        return self._loader(data, shuffle=True, generator=generator, drop_last=True)
+        return self._loader(data, sampler=sampler, generator=generator, drop_last=True)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Colour-jitter training batches on the training device; evaluation batches stay as they are."""
@@ -186,6 +216,3 @@ class LesionDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val"))
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"))

@@ -13,13 +13,14 @@ import torch
 from torchvision.transforms import v2
 
 from skinlesion import CLASSES, MALIGNANT, malignant_probability
-from skinlesion.datamodule import load_split_table
 from skinlesion.io import atomic_path
 from skinlesion.metadata import fuse, load_metadata_model, log_likelihood_ratio
 from skinlesion.metrics import is_binary, labelled, lesion_bootstrap, per_class, threshold_for_sensitivity
 from skinlesion.module import LesionClassifier, load_classifier
+from skinlesion.tables import load_split_table
 
 log = logging.getLogger(__name__)
+CALIBRATION_NOTE = "population probabilities: the class columns reweighted by the training split's class frequencies"
 
 
 def _views(x: torch.Tensor, tta: bool) -> list[torch.Tensor]:
@@ -94,14 +95,20 @@ def evaluate_split(
     """Predictions for one split of the cache, joined with the truth (dx, lesion_id)."""
     model = load_classifier(ckpt)
     table = load_split_table(index_csv, split_csv)
-    part = table[table["split"] == split]
+    return predict_rows(model, images_npy, table[table["split"] == split], tta=tta, batch_size=batch_size), model
+
+
+def predict_rows(
+    model: LesionClassifier, images_npy: str, part: pd.DataFrame, *, tta: bool, batch_size: int = 128
+) -> pd.DataFrame:
+    """Predictions for the rows of a split table (cache ``row``, image_id, lesion_id, dx), in cache order."""
     images = np.load(images_npy, mmap_mode="r")
-    probs = predict_array(model, images[np.sort(part["row"].to_numpy())], batch_size=batch_size, tta=tta)
     part = part.sort_values("row")
+    probs = predict_array(model, images[part["row"].to_numpy()], batch_size=batch_size, tta=tta)
     preds = probability_table(model, probs, part["image_id"])
     preds.insert(1, "lesion_id", part["lesion_id"].to_numpy())
     preds.insert(2, "true_dx", part["dx"].to_numpy())
-    return preds, model
+    return preds
 
 
 def with_metadata(preds: pd.DataFrame, meta: dict, table: pd.DataFrame, prior) -> pd.DataFrame:
@@ -132,8 +139,11 @@ def per_lesion(preds: pd.DataFrame, prior) -> pd.DataFrame:
     return out
 
 
-def metrics_from_predictions(preds: pd.DataFrame, *, threshold: float, n_boot: int, seed: int) -> dict:
-    """Metrics of a predictions table (with true_dx and lesion_id) of a multiclass or binary model."""
+def metrics_from_predictions(preds: pd.DataFrame, *, threshold: float, n_boot: int, seed: int, prior=None) -> dict:
+    """Metrics of a predictions table (with true_dx and lesion_id) of a multiclass or binary model.
+
+    ``prior``: the checkpoint's ``malignant_prior``, under which the class columns become the
+    population probabilities whose calibration is measured (:mod:`skinlesion.metrics`)."""
     classes, y, probs = labelled(preds)
     return {
         "n_images": int(len(preds)),
@@ -144,6 +154,7 @@ def metrics_from_predictions(preds: pd.DataFrame, *, threshold: float, n_boot: i
             probs,
             preds["lesion_id"].to_numpy(),
             p_malignant=preds["p_malignant"].to_numpy(),
+            prior=prior,
             threshold=threshold,
             classes=classes,
             n_boot=n_boot,
@@ -183,7 +194,7 @@ def evaluate_tier(
         threshold = threshold_for_sensitivity(
             val["true_dx"].isin(MALIGNANT).to_numpy(), val["p_malignant"].to_numpy(), target_sensitivity
         )
-        return metrics_from_predictions(test, threshold=threshold, n_boot=n_boot, seed=seed)
+        return metrics_from_predictions(test, threshold=threshold, n_boot=n_boot, seed=seed, prior=prior)
 
     result = {
         "tier": tier,
@@ -191,6 +202,8 @@ def evaluate_tier(
         "tta": tta,
         "target_sensitivity": target_sensitivity,
         "image_size": model.hparams.image_size,
+        "class_prior": prior,
+        "calibration": CALIBRATION_NOTE if prior else "the model's own probabilities",
         "test": test_metrics(val, test),
         "test_per_lesion": test_metrics(per_lesion(val, prior), per_lesion(test, prior)),
         "provenance": provenance or {},
@@ -326,8 +339,9 @@ def evaluate_external(
         raise ValueError(f"{images}: no image for {len(missing)} ground-truth row(s), e.g. {missing[:5]}")
     preds = gt.merge(preds, on="image_id", how="left", validate="one_to_one")
     preds.insert(1, "lesion_id", preds["image_id"])
-    threshold = json.loads(Path(internal_metrics).read_text())["test"]["threshold"]
-    result = metrics_from_predictions(preds, threshold=threshold, n_boot=n_boot, seed=seed)
+    internal = json.loads(Path(internal_metrics).read_text())
+    threshold, prior = internal["test"]["threshold"], internal.get("class_prior")
+    result = metrics_from_predictions(preds, threshold=threshold, n_boot=n_boot, seed=seed, prior=prior)
     result["bootstrap_unit"] = "image"
     result["provenance"] = provenance or {}
     write_csv(preds, out_predictions)

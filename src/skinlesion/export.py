@@ -5,8 +5,9 @@ logits and the class probabilities softmax(logits / T). Normalisation is inside 
 the validation split, with the deployed preprocessing (:mod:`skinlesion.inference`) and no TTA,
 the export:
 
-1. fits the temperature T by minimising the negative log-likelihood (Guo et al., 2017) when
-   ``calibrate`` is set, else T = 1;
+1. fits the temperature T by minimising the negative log-likelihood (Guo et al., 2017) of the
+   population probabilities (the class probabilities reweighted by the checkpoint's class prior,
+   as p_malignant is) when ``calibrate`` is set, else T = 1;
 2. checks that ONNX Runtime and PyTorch agree (max abs difference of the probabilities below
    ``tolerance``) and fails otherwise;
 3. chooses the operating threshold on the malignant probability exactly as the evaluate rule
@@ -25,11 +26,11 @@ import numpy as np
 import torch
 
 from skinlesion import MALIGNANT, malignant_probability
-from skinlesion.datamodule import load_split_table
 from skinlesion.inference import CONTRACT_FORMAT, to_input
 from skinlesion.io import atomic_path
 from skinlesion.metrics import sens_spec, threshold_for_sensitivity
 from skinlesion.module import LesionClassifier, load_classifier
+from skinlesion.tables import load_development_table
 
 log = logging.getLogger(__name__)
 OPSET = 18
@@ -48,14 +49,20 @@ class Deployed(torch.nn.Module):
         return logits, torch.softmax(logits * self.inv_temperature, dim=1)
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature minimising the NLL of softmax(logits / T) on held-out data."""
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, prior=None) -> float:
+    """The temperature minimising the NLL of softmax(logits / T) on held-out data.
+
+    ``prior``: the class frequencies of a model trained under a uniform prior (its checkpoint's
+    ``malignant_prior``). The NLL is then that of the population probabilities the product reports,
+    softmax(logits / T) reweighted by the prior, against the population's labels; fitted on the
+    class columns alone, T would mostly absorb the prior shift instead of the miscalibration."""
+    log_prior = torch.zeros(()) if prior is None else torch.tensor(prior, dtype=logits.dtype).log()
     log_t = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp() + log_prior, labels)
         loss.backward()
         return loss
 
@@ -106,9 +113,9 @@ def export_tier(
 
     model = load_classifier(ckpt).float()
     hp = model.hparams
-    table = load_split_table(index_csv, split_csv)
+    table = load_development_table(index_csv, split_csv)
     val = table[table["split"] == "val"]
-    x_val = torch.from_numpy(_inputs(images_npy, val.index.to_numpy(), hp.image_size))
+    x_val = torch.from_numpy(_inputs(images_npy, val["row"].to_numpy(), hp.image_size))
     with torch.no_grad():
         logits = torch.cat([model(b).float() for b in x_val.split(256)])
     if model.binary:
@@ -116,7 +123,8 @@ def export_tier(
     else:
         labels = torch.tensor(val["dx"].map({c: i for i, c in enumerate(hp.class_names)}).to_numpy())
         malignant_classes = list(MALIGNANT)
-    temperature = fit_temperature(logits, labels) if calibrate else 1.0
+    prior = None if model.binary else hp.get("malignant_prior")
+    temperature = fit_temperature(logits, labels, prior) if calibrate else 1.0
     log.info("%s: temperature %.3f on %d validation images", tier, temperature, len(val))
 
     deployed = Deployed(model, temperature).eval()
@@ -140,7 +148,6 @@ def export_tier(
         if not diff < tolerance:
             raise RuntimeError(f"{out_onnx}: ONNX Runtime and PyTorch differ by {diff:.2e} (tolerance {tolerance:.0e})")
 
-    prior = None if model.binary else hp.get("malignant_prior")
     p_malignant = ort_probs[:, 1] if model.binary else malignant_probability(ort_probs, prior)
     y_malignant = val["malignant"].to_numpy().astype(bool)
     threshold = threshold_for_sensitivity(y_malignant, p_malignant, target_sensitivity)

@@ -13,8 +13,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from skinlesion import CLASSES  # noqa: E402
-from skinlesion.datamodule import color_transform, eval_transform, load_split_table, train_transform  # noqa: E402
+from skinlesion.datamodule import color_transform, eval_transform, train_transform  # noqa: E402
 from skinlesion.io import atomic_path  # noqa: E402
+from skinlesion.tables import load_development_table  # noqa: E402
 
 
 def save(fig, dest: str | os.PathLike, dpi: int = 110) -> None:
@@ -29,7 +30,7 @@ def augment_preview(
     """For ``per_class`` training images of each class: the network input, then augmented draws."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    table = load_split_table(index_csv, split_csv)
+    table = load_development_table(index_csv, split_csv)
     images = np.load(images_npy, mmap_mode="r")
     size = settings["image_size"]
     plain, geometric = eval_transform(size), train_transform(size, settings["augment"])
@@ -68,10 +69,12 @@ def evaluation_figures(predictions_csv, metrics_json, out_confusion, out_roc, ou
     import seaborn as sns
     from sklearn.metrics import confusion_matrix, roc_curve
 
+    from skinlesion import population_probabilities
     from skinlesion.metrics import labelled, malignant_indices, reliability_bins
 
     preds = pd.read_csv(predictions_csv)
-    metrics = json.loads(Path(metrics_json).read_text())["test"]
+    report = json.loads(Path(metrics_json).read_text())
+    metrics = report["test"]
     classes, y, probs = labelled(preds)
 
     cm = confusion_matrix(y, probs.argmax(axis=1), labels=range(len(classes)))
@@ -118,12 +121,13 @@ def evaluation_figures(predictions_csv, metrics_json, out_confusion, out_roc, ou
         ax.legend(fontsize=7, loc="lower right")
     save(fig, out_roc)
 
-    bins = reliability_bins(y, probs)
+    # Calibration of the population probabilities, as the metrics measure it (skinlesion.metrics).
+    bins = reliability_bins(y, population_probabilities(probs, report.get("class_prior")))
     centers = (bins["edges"][:-1] + bins["edges"][1:]) / 2
     fig, ax = plt.subplots(figsize=(5, 4.6))
     ax.bar(centers, np.nan_to_num(bins["accuracy"]), width=1 / len(centers), edgecolor="k", alpha=0.7, label="accuracy")
     ax.plot([0, 1], [0, 1], "k:", label="perfect calibration")
-    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_xlabel("confidence (top-class population probability)")
     ax.set_ylabel("accuracy")
     ece = m["ece"]
     ax.set_title(f"{tier}: reliability (ECE {ece['value']:.3f})", fontsize=10)

@@ -51,9 +51,9 @@ def fit_metadata_model(
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import OneHotEncoder
 
-    from skinlesion.datamodule import load_split_table
+    from skinlesion.tables import load_development_table
 
-    train = load_split_table(index_csv, split_csv).query("split == 'train'")
+    train = load_development_table(index_csv, split_csv).query("split == 'train'")
     y = train["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
     x = encode(train)
     onehot = OneHotEncoder(handle_unknown="ignore", sparse_output=False).fit(x)

@@ -4,9 +4,14 @@ Every number the report shows comes from here: accuracy, balanced multi-class ac
 ISIC 2018 Task 3 ranking metric: mean per-class recall), macro F1, per-class precision /
 recall / F1 / AUROC, macro AUROC, malignant-vs-benign AUROC and average precision,
 sensitivity and specificity at a threshold chosen on the validation split, and expected
-calibration error. Confidence intervals resample *lesions* (all images of a drawn lesion come
-along), since images of one lesion are not independent. A binary model's metrics are the same
-with its two classes, benign and malignant, in place of the seven diagnoses.
+calibration error. Calibration (ECE, the reliability diagram) is measured on the probabilities
+the product reports: the population probabilities (:func:`skinlesion.population_probabilities`),
+which for a model trained under a uniform class prior are its class columns reweighted by the
+training split's class frequencies, the same probabilities p_malignant is summed from.
+
+Confidence intervals resample *lesions* (all images of a drawn lesion come along), since images
+of one lesion are not independent. A binary model's metrics are the same with its two classes,
+benign and malignant, in place of the seven diagnoses.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from skinlesion import CLASSES, MALIGNANT
+from skinlesion import CLASSES, MALIGNANT, population_probabilities
 
 MALIGNANT_IDX = [CLASSES.index(c) for c in MALIGNANT]
 BINARY_CLASSES = ("benign", "malignant")
@@ -54,11 +59,14 @@ def malignant_indices(classes) -> list[int]:
 
 
 def threshold_for_sensitivity(y_malignant: np.ndarray, p_malignant: np.ndarray, target: float = 0.95) -> float:
-    """The highest threshold whose sensitivity (p >= threshold counts as malignant) reaches ``target``."""
+    """The highest threshold whose sensitivity (p >= threshold counts as malignant) reaches ``target``.
+
+    Every distinct score is a candidate (``drop_intermediate=False``): the default drops collinear
+    ROC points, which can skip the answer and return a lower threshold."""
     y = np.asarray(y_malignant).astype(bool)
     if not y.any() or y.all():
         raise ValueError("choosing a threshold needs both malignant and benign cases")
-    fpr, tpr, thresholds = roc_curve(y, p_malignant)
+    fpr, tpr, thresholds = roc_curve(y, p_malignant, drop_intermediate=False)
     ok = np.flatnonzero(tpr >= target - 1e-12)
     return float(min(thresholds[ok[0]], 1.0))
 
@@ -95,10 +103,16 @@ def reliability_bins(y: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict:
 
 
 def _point_metrics(
-    y: np.ndarray, probs: np.ndarray, p_mal: np.ndarray, threshold: float | None, malignant: list[int] = MALIGNANT_IDX
+    y: np.ndarray,
+    probs: np.ndarray,
+    p_mal: np.ndarray,
+    threshold: float | None,
+    malignant: list[int] = MALIGNANT_IDX,
+    calibrated: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Scalar metrics of one (re)sample. ``y`` are class indices, ``probs`` is (N, C), ``malignant``
-    the malignant classes' indices. Macro AUROC is left out for two classes (it is the malignant AUROC)."""
+    the malignant classes' indices, ``calibrated`` the population probabilities whose calibration
+    is measured (default ``probs``). Macro AUROC is left out for two classes (it is the malignant AUROC)."""
     pred = probs.argmax(axis=1)
     labels = np.arange(probs.shape[1])
     y_mal = np.isin(y, malignant)
@@ -106,7 +120,7 @@ def _point_metrics(
         "accuracy": float((pred == y).mean()),
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
         "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
-        "ece": expected_calibration_error(y, probs),
+        "ece": expected_calibration_error(y, probs if calibrated is None else calibrated),
     }
     present = np.unique(y)
     if len(present) == len(labels) > 2:
@@ -144,6 +158,7 @@ def lesion_bootstrap(
     *,
     threshold: float | None,
     p_malignant: np.ndarray | None = None,
+    prior=None,
     classes=CLASSES,
     n_boot: int = 1000,
     seed: int = 0,
@@ -152,11 +167,14 @@ def lesion_bootstrap(
     """Point estimate and percentile CI of every scalar metric, resampling lesions with replacement.
 
     ``classes`` names the columns of ``probs``: the seven diagnoses or benign and malignant.
-    ``p_malignant`` defaults to the malignant classes' summed probability."""
+    ``prior``: the class frequencies that turn ``probs`` into population probabilities for the
+    calibration error (see the module docstring); None where ``probs`` already are.
+    ``p_malignant`` defaults to the malignant classes' summed population probability."""
     y, probs, lesion_ids = np.asarray(y), np.asarray(probs), np.asarray(lesion_ids)
     malignant = malignant_indices(classes)
-    p_mal = probs[:, malignant].sum(axis=1) if p_malignant is None else np.asarray(p_malignant, dtype=float)
-    point = _point_metrics(y, probs, p_mal, threshold, malignant)
+    calibrated = population_probabilities(probs, prior)
+    p_mal = calibrated[:, malignant].sum(axis=1) if p_malignant is None else np.asarray(p_malignant, dtype=float)
+    point = _point_metrics(y, probs, p_mal, threshold, malignant, calibrated)
     _, inverse = np.unique(lesion_ids, return_inverse=True)
     members = [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
     rng = np.random.default_rng(seed)
@@ -164,7 +182,7 @@ def lesion_bootstrap(
     for _ in range(n_boot):
         chosen = rng.integers(0, len(members), len(members))
         idx = np.concatenate([members[k] for k in chosen])
-        for key, value in _point_metrics(y[idx], probs[idx], p_mal[idx], threshold, malignant).items():
+        for key, value in _point_metrics(y[idx], probs[idx], p_mal[idx], threshold, malignant, calibrated[idx]).items():
             draws[key].append(value)
     alpha = (1 - level) / 2
     result = {}

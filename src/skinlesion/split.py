@@ -17,6 +17,7 @@ import pandas as pd
 from skinlesion import CLASSES
 from skinlesion.io import atomic_path
 from skinlesion.preprocess import DataValidationError, read_index
+from skinlesion.tables import load_development_table, write_development
 
 SPLITS = ("train", "val", "test")
 
@@ -75,15 +76,18 @@ def write_split(
     index_csv: str | os.PathLike,
     out_split: str | os.PathLike,
     out_counts: str | os.PathLike,
+    out_development: str | os.PathLike,
     *,
     ratios: dict[str, float],
     seed: int,
 ) -> pd.DataFrame:
-    """The split rule: index table -> split table and split x class count table."""
+    """The split rule: index table -> split table, split x class count table, and the development
+    table (train and val rows: what every step but the evaluate rule reads, :mod:`skinlesion.tables`)."""
     split = make_split(read_index(index_csv), ratios, seed)
     for frame, dest in ((split, out_split), (split_counts(split), out_counts)):
         with atomic_path(dest) as tmp:
             frame.to_csv(tmp, index=False, lineterminator="\n")
+    write_development(split, out_development)
     return split
 
 
@@ -96,11 +100,11 @@ def channel_stats(
     split: str = "train",
     chunk: int = 512,
 ) -> dict:
-    """Per-channel mean and std (pixel values scaled to [0, 1]) of one split of the cache."""
+    """Per-channel mean and std (pixel values scaled to [0, 1]) of one split of the cache
+    (``split_csv``: a development table, :func:`skinlesion.tables.load_development_table`)."""
     images = np.load(images_npy, mmap_mode="r")
-    index = read_index(index_csv)
-    which = pd.read_csv(split_csv, dtype={"image_id": str}).set_index("image_id")["split"]
-    rows = index.loc[index["image_id"].map(which) == split, "row"].to_numpy()
+    table = load_development_table(index_csv, split_csv)
+    rows = table.loc[table["split"] == split, "row"].to_numpy()
     if rows.size == 0:
         raise ValueError(f"{split_csv}: the {split} split is empty")
     total = np.zeros(3)

@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, WeightAveraging
 from lightning.pytorch.utilities import rank_zero_only
 
-from skinlesion.datamodule import LesionDataModule, class_names
+from skinlesion.datamodule import LesionDataModule, class_names, epoch_seed
 from skinlesion.io import atomic_path, md5sum
 from skinlesion.module import LesionClassifier
 
@@ -70,6 +70,19 @@ class EMA(WeightAveraging):
 
     def __init__(self, decay: float):
         super().__init__(multi_avg_fn=ema_update(decay))
+
+
+class EpochSeed(Callback):
+    """Reseed the global random state from (seed, epoch) as each training epoch starts, so what draws
+    from it during the epoch (MixUp/CutMix, colour jitter, dropout) does not depend on earlier
+    epochs: a training killed after epoch k and resumed from its checkpoint continues exactly as an
+    uninterrupted one. The samples and their augmentation are seeded per epoch by the sampler."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        L.seed_everything(epoch_seed(self.seed, trainer.current_epoch), workers=True, verbose=False)
 
 
 def jitter_seconds(trainer) -> float:
@@ -174,7 +187,7 @@ def build(tier: str, settings: dict, *, images, index, split, stats, seed: int =
     # Every remedy but none makes the network's probabilities assume equally frequent classes.
     balanced = settings["imbalance"] != "none" and settings["task"] == "multiclass"
     malignant_prior = (counts / counts.sum()).tolist() if balanced else None
-    if settings["imbalance"] in ("weighted_loss", "both"):
+    if settings["imbalance"] == "weighted_loss":
         class_weights = (counts.sum() / (len(counts) * counts)).tolist()
     elif settings["imbalance"] == "logit_adjust":
         class_prior = (counts / counts.sum()).tolist()
@@ -214,14 +227,15 @@ def train_tier(
     seed: int,
     out_ckpt: str,
     out_history: str,
-    out_run_id: str,
+    out_run_id: str | None,
     work_dir: str,
-    mlflow_cfg: dict,
+    mlflow_cfg: dict | None,
     progress: bool = False,
     provenance: dict | None = None,
 ) -> dict:
     """Train one tier with its resolved ``settings`` (see :func:`skinlesion.config.tier_settings`) and write its
-    best checkpoint, per-epoch history and MLflow run id."""
+    best checkpoint, per-epoch history and MLflow run id (``mlflow_cfg`` None: no tracking, as for
+    the cross-validation folds of model selection)."""
     work = Path(work_dir)
     fingerprint = _fingerprint(settings, seed, [index, split, stats])
     fp_file, last = work / "fingerprint", work / "last.ckpt"
@@ -245,7 +259,7 @@ def train_tier(
     checkpoint = ModelCheckpoint(
         dirpath=work, filename="best", monitor=monitor, mode="max", save_last=True, save_on_train_epoch_end=True
     )
-    callbacks = [checkpoint]
+    callbacks = [EpochSeed(seed), checkpoint]
     if settings["ema_decay"]:
         # Validation, checkpoints (best.ckpt's state_dict) and the final model use the averaged weights.
         # Before the history, so that the EMA update counts as step time, not as data wait.
@@ -254,7 +268,7 @@ def train_tier(
     if settings["early_stopping_patience"]:
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=settings["early_stopping_patience"]))
 
-    logger, run_id = _mlflow_logger(mlflow_cfg, tier, work) if rank_zero else (False, None)
+    logger, run_id = _mlflow_logger(mlflow_cfg, tier, work) if rank_zero and mlflow_cfg else (False, None)
     precision = resolve_precision(settings["precision"], settings["accelerator"])
     devices = settings["devices"]
     trainer = L.Trainer(
@@ -291,10 +305,12 @@ def train_tier(
         shutil.copyfile(best, tmp)
     with atomic_path(out_history) as tmp:
         shutil.copyfile(history.path, tmp)
-    with store_lock(mlflow_cfg):
-        _finish_mlflow(logger, mlflow_cfg, tier, out_ckpt, out_history, provenance or {})
-    with atomic_path(out_run_id) as tmp:
-        tmp.write_text(run_id + "\n")
+    if logger:
+        with store_lock(mlflow_cfg):
+            _finish_mlflow(logger, mlflow_cfg, tier, out_ckpt, out_history, provenance or {})
+    if out_run_id:
+        with atomic_path(out_run_id) as tmp:
+            tmp.write_text(run_id + "\n")
     best_score = checkpoint.best_model_score
     return {"best": float(best_score) if best_score is not None else None, "run_id": run_id}
 

@@ -1,0 +1,9 @@
+from skinlesion.logs import log_to
+from skinlesion.select import summarise
+
+with log_to(snakemake.log[0]):
+    summarise(
+        snakemake.wildcards.tier,
+        {variant: list(paths) for variant, paths in snakemake.input.items()},
+        snakemake.output[0],
+    )
