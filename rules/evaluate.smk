@@ -11,6 +11,7 @@ rule evaluate:
     output:
         metrics=f"{METRICS}/{{tier}}.json",
         predictions=f"{PREDICTIONS}/{{tier}}_test.csv",
+        val_predictions=f"{PREDICTIONS}/{{tier}}_val.csv",
     params:
         tta=config["evaluate"]["tta"],
         target_sensitivity=config["evaluate"]["target_sensitivity"],
@@ -29,6 +30,32 @@ rule evaluate:
         "../envs/torch.yaml"
     script:
         "../scripts/evaluate.py"
+
+
+# The mean of the tiers' probabilities, scored like one more tier (its threshold chosen on val).
+rule evaluate_ensemble:
+    input:
+        metrics=expand(f"{METRICS}/{{tier}}.json", tier=TIERS),
+        val_predictions=expand(f"{PREDICTIONS}/{{tier}}_val.csv", tier=TIERS),
+        test_predictions=expand(f"{PREDICTIONS}/{{tier}}_test.csv", tier=TIERS),
+        metadata=f"{MODELS}/metadata.json" if config["metadata"]["evaluate"] else [],
+        index=CACHE["index"],
+        split=CACHE["split"],
+    output:
+        metrics=f"{METRICS}/ensemble.json",
+        predictions=f"{PREDICTIONS}/ensemble_test.csv",
+    params:
+        target_sensitivity=config["evaluate"]["target_sensitivity"],
+        n_boot=config["evaluate"]["n_boot"],
+        seed=config["seed"],
+    benchmark:
+        f"{BENCHMARKS}/evaluate_ensemble.tsv"
+    log:
+        f"{LOGS}/evaluate_ensemble.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/evaluate_ensemble.py"
 
 
 rule evaluation_figures:

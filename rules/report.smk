@@ -22,6 +22,7 @@ rule compare:
     input:
         metrics=expand(f"{METRICS}/{{tier}}.json", tier=TIERS),
         histories=expand(f"{MODELS}/{{tier}}/history.csv", tier=TIERS),
+        ensemble=f"{METRICS}/ensemble.json" if len(TIERS) > 1 else [],
     output:
         report(f"{METRICS}/comparison.csv", caption="../report/comparison.rst", category="Evaluation"),
     benchmark:

@@ -2,4 +2,9 @@ from skinlesion.logs import log_to
 from skinlesion.report import comparison_table
 
 with log_to(snakemake.log[0]):
-    comparison_table(list(snakemake.input.metrics), list(snakemake.input.histories), snakemake.output[0])
+    comparison_table(
+        list(snakemake.input.metrics),
+        list(snakemake.input.histories),
+        snakemake.output[0],
+        ensemble=snakemake.input.ensemble or None,
+    )

@@ -13,6 +13,7 @@ with log_to(snakemake.log[0]):
         snakemake.input.split,
         snakemake.output.metrics,
         snakemake.output.predictions,
+        snakemake.output.val_predictions,
         tier=snakemake.wildcards.tier,
         tta=snakemake.params.tta,
         target_sensitivity=snakemake.params.target_sensitivity,

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from conftest import SAMPLE, external_test_dir, run_snakemake, sample_args
-from skinlesion import CLASSES, MALIGNANT
+from skinlesion import CLASSES, MALIGNANT, malignant_probability
 from skinlesion.evaluate import (
     evaluate_external,
     metrics_from_predictions,
@@ -18,6 +18,7 @@ from skinlesion.evaluate import (
     predict_images,
     read_ground_truth,
 )
+from skinlesion.metrics import threshold_for_sensitivity
 
 COLUMNS = ["image_id", *CLASSES, "p_malignant", "dx"]
 
@@ -43,6 +44,31 @@ def test_every_test_lesion_is_also_scored_once(sample_run):
     comparison = pd.read_csv(sample_run / "results" / "metrics" / "comparison.csv").set_index("model")
     value = result["test_with_metadata_per_lesion"]["metrics"]["malignant_auroc"]["value"]
     assert comparison.loc["resnet + metadata, per lesion", "malignant_auroc"] == round(value, 4)
+
+
+def test_the_mean_of_the_tiers_is_scored_like_a_tier(sample_run):
+    """metrics/ensemble.json scores the mean of the tiers' class probabilities, its threshold chosen on
+    val, with and without metadata, per image and per lesion; each block is a row of the comparison."""
+    results = sample_run / "results"
+    tiers = ("baseline_cnn", "resnet", "transfer")
+    ensemble = json.loads((results / "metrics" / "ensemble.json").read_text())
+    assert ensemble["members"] == list(tiers) and ensemble["class_prior"]
+    tests = [pd.read_csv(results / "predictions" / f"{t}_test.csv") for t in tiers]
+    mean = np.mean([t[list(CLASSES)].to_numpy() for t in tests], axis=0)
+    preds = pd.read_csv(results / "predictions" / "ensemble_test.csv")
+    np.testing.assert_allclose(preds[list(CLASSES)].to_numpy(), mean, atol=2e-6)
+    vals = [pd.read_csv(results / "predictions" / f"{t}_val.csv") for t in tiers]
+    val = pd.DataFrame({"true_dx": vals[0]["true_dx"]})
+    val["p_malignant"] = malignant_probability(
+        np.mean([v[list(CLASSES)].to_numpy() for v in vals], axis=0), ensemble["class_prior"]
+    )
+    threshold = threshold_for_sensitivity(val["true_dx"].isin(MALIGNANT), val["p_malignant"], 0.95)
+    assert ensemble["test"]["threshold"] == pytest.approx(threshold, abs=1e-5)
+    comparison = pd.read_csv(results / "metrics" / "comparison.csv").set_index("model")
+    name = "mean of baseline_cnn + resnet + transfer"
+    for block, row in (("test", name), ("test_with_metadata_per_lesion", f"{name} + metadata, per lesion")):
+        value = ensemble[block]["metrics"]["balanced_accuracy"]["value"]
+        assert comparison.loc[row, "balanced_accuracy"] == round(value, 4)
 
 
 def _mel_or_nv(image_ids, lesion_ids, true_dx, p_mel) -> pd.DataFrame:

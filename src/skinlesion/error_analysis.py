@@ -130,7 +130,7 @@ def highlights_html(tier: str, fn_gallery: bytes, pairs: pd.DataFrame, subgroups
     img = base64.b64encode(fn_gallery).decode()
     fmt = {"float_format": lambda v: f"{v:.3f}", "index": False, "border": 0, "classes": "table", "na_rep": ""}
     return (
-        f"<p>Tier analysed: <b>{tier}</b> (best test balanced accuracy). {n_missed} malignant test image(s) fall "
+        f"<p>Tier analysed: <b>{tier}</b> (best validation balanced accuracy). {n_missed} malignant test image(s) fall "
         f"below the operating threshold.</p>"
         f"<h3>Worst false negatives (malignant called benign), with Grad-CAM</h3>"
         f'<img src="data:image/png;base64,{img}" alt="worst false negatives">'

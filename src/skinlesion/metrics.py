@@ -53,6 +53,25 @@ def labelled(preds) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     return CLASSES, preds["true_dx"].map(CLASSES.index).to_numpy(), preds[list(CLASSES)].to_numpy(dtype=float)
 
 
+def summary_scores(preds) -> dict[str, float]:
+    """Per-image balanced accuracy and malignant AUROC of a predictions table (no bootstrap): what
+    model selection compares, on cross-validation folds and on the validation split."""
+    _, y, probs = labelled(preds)
+    return {
+        "n_images": len(preds),
+        "balanced_accuracy": float(balanced_accuracy_score(y, probs.argmax(axis=1))),
+        "malignant_auroc": float(roc_auc_score(preds["true_dx"].isin(MALIGNANT), preds["p_malignant"])),
+    }
+
+
+def recommended_tier(results: dict[str, dict]) -> str:
+    """The tier the protocol recommends among evaluated ones (``{tier: metrics JSON}``): the highest
+    validation balanced accuracy, the metric that also picks each tier's checkpoint, or for binary
+    models the validation malignant AUROC. Never a test number (docs/evaluation.md)."""
+    key = "malignant_auroc" if all(r["task"] == "binary" for r in results.values()) else "balanced_accuracy"
+    return max(results, key=lambda tier: results[tier]["validation"][key])
+
+
 def malignant_indices(classes) -> list[int]:
     """Which of ``classes`` count as malignant: mel, bcc and akiec, or the binary malignant class."""
     return [i for i, c in enumerate(classes) if c in MALIGNANT or c == "malignant"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from skinlesion.io import atomic_path
+from skinlesion.metrics import recommended_tier
 from skinlesion.provenance import run_provenance
 
 # Published results, shown beside ours with the caveats a reader needs to compare them fairly.
@@ -49,21 +50,26 @@ BLOCKS = (
 )
 
 
-def comparison_table(metrics_files: list[str], histories: list[str], out_csv: str | os.PathLike) -> pd.DataFrame:
+def comparison_table(
+    metrics_files: list[str], histories: list[str], out_csv: str | os.PathLike, ensemble: str | None = None
+) -> pd.DataFrame:
     """Rows per tier (value and 95% CI of each metric): by image and by lesion, each alone and with
-    the metadata; then the published anchors."""
+    the metadata; the same for the ``ensemble`` of the tiers (mean of their probabilities) when
+    given; then the published anchors."""
+    models = [(json.loads(Path(m).read_text()), pd.read_csv(h)) for m, h in zip(metrics_files, histories, strict=True)]
+    if ensemble:
+        models.append((json.loads(Path(ensemble).read_text()), None))
     rows = []
-    for metrics_file, history_file in zip(metrics_files, histories, strict=True):
-        result = json.loads(Path(metrics_file).read_text())
-        history = pd.read_csv(history_file)
+    for result, history in models:
+        model = result["tier"] if history is not None else f"mean of {' + '.join(result['members'])}"
         for block, name in BLOCKS:
             if block not in result:
                 continue
             row = {
-                "model": name.format(tier=result["tier"]),
+                "model": name.format(tier=model),
                 "image_size": result["image_size"],
-                "epochs": len(history),
-                "train_minutes": round(history["time/train_epoch_s"].sum() / 60, 1),
+                "epochs": len(history) if history is not None else None,
+                "train_minutes": round(history["time/train_epoch_s"].sum() / 60, 1) if history is not None else None,
             }
             for key in COLUMNS:
                 m = result[block]["metrics"].get(key)
@@ -169,6 +175,7 @@ def build_report(
         training_curves=_img(training_curves),
         comparison=table(comparison_frame),
         tiers=tiers,
+        recommended=recommended_tier({t["name"]: t["result"] for t in tiers}) if tiers else None,
         external=external_tables,
         error_analysis=Path(error_analysis).read_text() if error_analysis else "",
         runtimes=table(rule_runtimes(benchmark_dir)),

@@ -24,10 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinlesion import MALIGNANT
 from skinlesion.config import check_training, tier_settings
 from skinlesion.io import atomic_path
-from skinlesion.metrics import labelled
+from skinlesion.metrics import summary_scores
 from skinlesion.tables import development_rows, read_split
 
 log = logging.getLogger(__name__)
@@ -127,26 +126,13 @@ def cross_validate_fold(
     return preds
 
 
-def fold_scores(preds: pd.DataFrame) -> dict[str, float]:
-    """Balanced accuracy and malignant AUROC of one held-out fold, per image."""
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-
-    _, y, probs = labelled(preds)
-    malignant = preds["true_dx"].isin(MALIGNANT).to_numpy()
-    return {
-        "n_images": len(preds),
-        "balanced_accuracy": float(balanced_accuracy_score(y, probs.argmax(axis=1))),
-        "malignant_auroc": float(roc_auc_score(malignant, preds["p_malignant"])),
-    }
-
-
 def summarise(tier: str, predictions: dict[str, list[str]], out_csv: str | os.PathLike) -> pd.DataFrame:
     """The select rule: one row per variant and fold, then its mean and sd over the folds; the
     ``delta_*`` columns are the paired difference from the default on the same fold."""
     if DEFAULT not in predictions:
         raise ValueError(f"selection of {tier}: no {DEFAULT!r} variant to compare against")
     rows = [
-        {"tier": tier, "variant": variant, "fold": str(fold), **fold_scores(pd.read_csv(path))}
+        {"tier": tier, "variant": variant, "fold": str(fold), **summary_scores(pd.read_csv(path))}
         for variant, paths in predictions.items()
         for fold, path in enumerate(paths)
     ]

@@ -236,6 +236,9 @@ def train_tier(
     """Train one tier with its resolved ``settings`` (see :func:`skinlesion.config.tier_settings`) and write its
     best checkpoint, per-epoch history and MLflow run id (``mlflow_cfg`` None: no tracking, as for
     the cross-validation folds of model selection)."""
+    L.seed_everything(seed, workers=True)
+    # First, so that a split table the protocol refuses (skinlesion.tables) leaves nothing behind.
+    dm, model = build(tier, settings, images=images, index=index, split=split, stats=stats, seed=seed)
     work = Path(work_dir)
     fingerprint = _fingerprint(settings, seed, [index, split, stats])
     fp_file, last = work / "fingerprint", work / "last.ckpt"
@@ -248,9 +251,6 @@ def train_tier(
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
         fp_file.write_text(fingerprint)
-
-    L.seed_everything(seed, workers=True)
-    dm, model = build(tier, settings, images=images, index=index, split=split, stats=stats, seed=seed)
 
     monitor = settings["monitor"]
     history = EpochHistory(work / "history.csv")
