@@ -80,27 +80,27 @@ def test_every_development_step_refuses_the_full_split_table(sample_run, tmp_pat
 
 def dry_run_inputs(workdir) -> dict[str, set[str]]:
     """Every job of a forced dry run of the report and the selection targets: rule -> its input files."""
-    proc = run_snakemake(
-        workdir, "-n", "--forceall", *sample_args("--", "results/report.html", "results/selection/baseline_cnn.csv")
-    )
+    proc = run_snakemake(workdir, "-n", "--forceall", *sample_args("--", "all", "results/selection/baseline_cnn.csv"))
     inputs: dict[str, set[str]] = {}
-    for block in re.split(r"\n\s*\n", proc.stdout + proc.stderr):
-        rule = re.search(r"^(?:local)?rule (\w+):", block, re.MULTILINE)
-        files = re.search(r"^\s+input: (.*)$", block, re.MULTILINE)
-        if rule:
-            inputs.setdefault(rule.group(1), set()).update(files.group(1).split(", ") if files else [])
+    rule = None
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if match := re.match(r"(?:local)?rule (\w+):$", line):
+            rule = match.group(1)
+            inputs.setdefault(rule, set())
+        elif rule and (match := re.match(r"\s+input: (.*)$", line)):
+            inputs[rule].update(match.group(1).split(", "))
     return inputs
 
 
-def test_only_the_evaluate_rule_reads_the_full_split_table(tmp_path):
+def test_only_the_evaluate_rules_read_the_full_split_table(tmp_path):
     inputs = dry_run_inputs(tmp_path)
     assert {"train", "cv_fold", "export", "evaluate", "metadata_model", "channel_stats"} <= set(inputs)
-    assert {rule for rule, files in inputs.items() if "results/data/split.csv" in files} == {"evaluate"}
+    assert {rule for rule, files in inputs.items() if "results/data/split.csv" in files} == {"evaluate", "evaluate_ensemble"}
     for rule in ("train", "export", "metadata_model", "channel_stats", "augment_preview", "cv_folds"):
         assert "results/data/development.csv" in inputs[rule], rule
     # Test predictions feed only what reports the evaluation, never a training or selection job.
     readers = {rule for rule, files in inputs.items() if any(f.endswith("_test.csv") for f in files)}
-    assert readers == {"evaluation_figures", "error_analysis"}
+    assert readers == {"evaluate_ensemble", "evaluation_figures", "error_analysis"}
 
 
 def poison_test_rows(data, dest):

@@ -1,0 +1,59 @@
+"""Model selection by lesion-grouped K-fold cross-validation on the development data."""
+
+import pandas as pd
+import pytest
+
+from conftest import run_snakemake, sample_run_args
+from skinlesion.config import ConfigError, load_config
+from skinlesion.select import deep_merge, variant_settings
+
+
+@pytest.fixture(scope="module")
+def selection(sample_run):
+    """The selection target of the baseline CNN on the bundled sample (its default and two variants, 3 folds)."""
+    run_snakemake(sample_run, *sample_run_args(sample_run, "--", "results/selection/baseline_cnn.csv"))
+    return sample_run / "results" / "selection"
+
+
+def test_folds_hold_whole_lesions_of_the_development_data_only(selection, sample_run):
+    folds = pd.read_csv(selection / "folds.csv")
+    split = pd.read_csv(sample_run / "results" / "data" / "split.csv")
+    development = split[split["split"] != "test"]
+    assert sorted(folds["image_id"]) == sorted(development["image_id"])
+    assert folds.groupby("lesion_id")["fold"].nunique().max() == 1
+    assert sorted(folds["fold"].unique()) == [0, 1, 2]
+    for variant in ("default", "logit_adjust", "mixup"):
+        held_out = [pd.read_csv(selection / "baseline_cnn" / variant / f"fold{k}" / "predictions.csv") for k in range(3)]
+        for k, preds in enumerate(held_out):
+            assert set(preds["image_id"]) == set(folds.loc[folds["fold"] == k, "image_id"]), (variant, k)
+
+
+def test_selection_table_has_per_fold_and_mean_sd_rows_and_no_test_number(selection, sample_run):
+    table = pd.read_csv(selection / "baseline_cnn.csv", dtype={"fold": str})
+    assert list(table["variant"].unique()) == ["default", "logit_adjust", "mixup"]
+    assert set(table["fold"]) == {"0", "1", "2", "mean", "sd"}
+    per_fold = table[table["fold"].isin(["0", "1", "2"])]
+    assert len(per_fold) == 9 and per_fold["balanced_accuracy"].between(0, 1).all()
+    assert (table.loc[table["variant"] == "default", ["delta_balanced_accuracy", "delta_malignant_auroc"]] == 0).all(
+        axis=None
+    )
+    mixup = per_fold[per_fold["variant"] == "mixup"].set_index("fold")
+    default = per_fold[per_fold["variant"] == "default"].set_index("fold")
+    delta = (mixup["malignant_auroc"] - default["malignant_auroc"]).round(4)
+    pd.testing.assert_series_equal(delta, mixup["delta_malignant_auroc"].round(4), check_names=False)
+    means = table[table["fold"] == "mean"].set_index("variant")
+    assert means.loc["mixup", "balanced_accuracy"] == pytest.approx(mixup["balanced_accuracy"].mean(), abs=1e-4)
+    # Every image scored in selection is a development image: the held-out folds add up to train + val.
+    split = pd.read_csv(sample_run / "results" / "data" / "split.csv")
+    assert means.loc["default", "n_images"] == (split["split"] != "test").sum()
+
+
+def test_variants_lay_their_keys_over_the_tier_settings():
+    config = load_config()
+    variants = {"resnet": {"wide": {"lr": 0.001, "model": {"widths": [64, 128, 256, 512]}}}}
+    settings = variant_settings(config["train"], "resnet", "wide", variants)
+    assert settings["lr"] == 0.001 and settings["model"]["widths"] == [64, 128, 256, 512]
+    assert settings["model"]["blocks_per_stage"] == config["train"]["resnet"]["model"]["blocks_per_stage"]
+    assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+    with pytest.raises(ConfigError, match=r"selection.variants.resnet.both: imbalance: both is refused"):
+        variant_settings(config["train"], "resnet", "both", {"resnet": {"both": {"imbalance": "both"}}})
