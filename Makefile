@@ -6,8 +6,6 @@ PYTHON := $(PYTHON)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Rules that run shell commands (nbconvert) find the environment's executables, as if activated.
-export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: venv demo test test-fast lint serve app clean
 

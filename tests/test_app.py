@@ -94,6 +94,11 @@ def test_upload_in_headless_chromium(app_env):
         page.locator("input[type=file]").set_input_files(str(image))
         page.get_by_text("Decision:").wait_for(timeout=60_000)
         page.get_by_text("Grad-CAM for").wait_for(timeout=60_000)
+        # The screenshot documents the app: wait until the Grad-CAM overlay itself has loaded, not just its caption.
+        overlay_loaded = """() => [...document.querySelectorAll('[data-testid="stImageCaption"]')].some(
+            c => c.innerText.startsWith("Grad-CAM for")
+              && [...c.parentElement.querySelectorAll("img")].some(i => i.complete && i.naturalWidth > 0))"""
+        page.wait_for_function(overlay_loaded, timeout=60_000)
         body = page.locator("body").inner_text()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)

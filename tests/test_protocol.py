@@ -95,7 +95,10 @@ def dry_run_inputs(workdir) -> dict[str, set[str]]:
 def test_only_the_evaluate_rules_read_the_full_split_table(tmp_path):
     inputs = dry_run_inputs(tmp_path)
     assert {"train", "cv_fold", "export", "evaluate", "metadata_model", "channel_stats"} <= set(inputs)
-    assert {rule for rule, files in inputs.items() if "results/data/split.csv" in files} == {"evaluate", "evaluate_ensemble"}
+    assert {rule for rule, files in inputs.items() if "results/data/split.csv" in files} == {
+        "evaluate",
+        "evaluate_ensemble",
+    }
     for rule in ("train", "export", "metadata_model", "channel_stats", "augment_preview", "cv_folds"):
         assert "results/data/development.csv" in inputs[rule], rule
     # Test predictions feed only what reports the evaluation, never a training or selection job.

@@ -23,7 +23,9 @@ def test_folds_hold_whole_lesions_of_the_development_data_only(selection, sample
     assert folds.groupby("lesion_id")["fold"].nunique().max() == 1
     assert sorted(folds["fold"].unique()) == [0, 1, 2]
     for variant in ("default", "logit_adjust", "mixup"):
-        held_out = [pd.read_csv(selection / "baseline_cnn" / variant / f"fold{k}" / "predictions.csv") for k in range(3)]
+        held_out = [
+            pd.read_csv(selection / "baseline_cnn" / variant / f"fold{k}" / "predictions.csv") for k in range(3)
+        ]
         for k, preds in enumerate(held_out):
             assert set(preds["image_id"]) == set(folds.loc[folds["fold"] == k, "image_id"]), (variant, k)
 

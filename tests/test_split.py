@@ -88,3 +88,14 @@ def test_split_rejects_a_lesion_with_two_diagnoses():
     index = pd.DataFrame({"image_id": ["a", "b"], "lesion_id": ["L1", "L1"], "dx": ["nv", "mel"], "malignant": [0, 1]})
     with pytest.raises(ValueError, match="more than one dx: \\['L1'\\]"):
         make_split(index, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=0)
+
+
+def test_table_helpers_and_reporting_do_not_import_torch():
+    """The pandas/scikit-learn rules (split tables, selection summary, metrics, report) run without torch."""
+    import subprocess
+    import sys
+
+    modules = "skinlesion.tables, skinlesion.select, skinlesion.metrics, skinlesion.report, skinlesion.metadata"
+    code = f"import sys, {modules}; print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -90,18 +90,27 @@ def job_provenance(smk) -> dict:
     return result_provenance(smk.config, Path(smk.scriptdir).parent, smk.input.checksums)
 
 
+def cpu_description() -> str:
+    """The CPU model, its logical cores and whether it has native bf16 (AMX or AVX512-BF16), which
+    decides what ``precision: auto`` trains in and so the speed and the bits of a CPU run."""
+    cpu, flags = platform.processor() or "unknown", set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        lines = cpuinfo.read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+        flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    bf16 = "native bf16 (AMX)" if "amx_bf16" in flags else "native bf16" if "avx512_bf16" in flags else "no native bf16"
+    return f"{cpu}, {os.cpu_count()} logical cores, {bf16}"
+
+
 def run_provenance(config: dict, workflow_dir: str | os.PathLike, checksums_csv: str | os.PathLike) -> dict:
     """Everything in :func:`result_provenance`, plus the time, platform and hardware of this run."""
     import torch
 
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
-        cpu = names[0] if names else cpu
     return result_provenance(config, workflow_dir, checksums_csv) | {
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "platform": platform.platform(),
-        "cpu": f"{cpu}, {os.cpu_count()} logical cores",
+        "cpu": cpu_description(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
     }

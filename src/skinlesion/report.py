@@ -90,6 +90,44 @@ def comparison_table(
     return table
 
 
+def with_integers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Numeric columns whose values are all whole numbers (counts, sizes, epochs) as integers, so
+    that they print as 32, not 32.000; missing values stay missing."""
+    out = frame.copy()
+    for column in out.columns:
+        values = pd.to_numeric(out[column], errors="coerce")
+        present = values.dropna()
+        if len(present) and present.notna().sum() == out[column].notna().sum() and (present % 1 == 0).all():
+            out[column] = values.astype("Int64")
+    return out
+
+
+def answer(result: dict, external: dict | None) -> pd.DataFrame:
+    """The report's first table: the recommended model on the test split, per image and per lesion,
+    alone and with the metadata, and on the external test set when there is one."""
+    labels = {
+        "test": "test, per image",
+        "test_with_metadata": "test + metadata, per image",
+        "test_per_lesion": "test, per lesion",
+        "test_with_metadata_per_lesion": "test + metadata, per lesion",
+    }
+    scored = [(label, result[block]) for block, label in labels.items() if block in result]
+    if external:
+        scored.append(("external test set (per image)", external))
+    rows = []
+    for name, block in scored:
+        m = block["metrics"]
+        row = {"scored on": name, "images": block["n_images"], "lesions": block.get("n_lesions")}
+        for key, label in (("balanced_accuracy", "balanced accuracy"), ("malignant_auroc", "malignant AUROC")):
+            if key in m:
+                row[label] = f"{m[key]['value']:.3f} ({m[key]['ci_low']:.3f}–{m[key]['ci_high']:.3f})"
+        if "sensitivity" in m:
+            row["sensitivity / specificity"] = f"{m['sensitivity']['value']:.3f} / {m['specificity']['value']:.3f}"
+        row["threshold"] = f"{block['threshold']:.4f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _img(path: str | os.PathLike) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
@@ -129,7 +167,10 @@ def build_report(
     env = Environment(loader=PackageLoader("skinlesion", "templates"), autoescape=select_autoescape())
 
     def table(frame: pd.DataFrame) -> str:
-        return frame.to_html(index=False, classes="table", border=0, na_rep="", float_format=lambda v: f"{v:.3f}")
+        html = with_integers(frame).to_html(
+            index=False, classes="table", border=0, na_rep="", float_format=lambda v: f"{v:.3f}"
+        )
+        return f'<div class="scroll">{html}</div>'
 
     tiers = []
     for tier, metrics_file in metrics.items():
@@ -161,6 +202,9 @@ def build_report(
                 ]
             )
         )
+    results = {t["name"]: t["result"] for t in tiers}
+    recommended = recommended_tier(results) if results else None
+    external_results = {tier: json.loads(Path(path).read_text()) for tier, path in (external or {}).items()}
     comparison_frame = pd.read_csv(comparison)
     skipped_frame = pd.read_csv(skipped)
     html = env.get_template("report.html.j2").render(
@@ -175,7 +219,9 @@ def build_report(
         training_curves=_img(training_curves),
         comparison=table(comparison_frame),
         tiers=tiers,
-        recommended=recommended_tier({t["name"]: t["result"] for t in tiers}) if tiers else None,
+        recommended=recommended,
+        recommended_validation=results[recommended]["validation"] if recommended else None,
+        answer=table(answer(results[recommended], external_results.get(recommended))) if recommended else "",
         external=external_tables,
         error_analysis=Path(error_analysis).read_text() if error_analysis else "",
         runtimes=table(rule_runtimes(benchmark_dir)),
