@@ -1,5 +1,5 @@
 """Time of one EMA update of the baseline CNN's averaged weights: the fused update the train rule
-uses (skinlesion.train.ema_update) against the same average updated tensor by tensor.
+uses (skinlesion.train.fit.ema_update) against the same average updated tensor by tensor.
 
     python benchmarks/ema_update.py [--updates 50]
 """
@@ -10,8 +10,8 @@ import time
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from skinlesion.models import BaselineCNN
-from skinlesion.train import ema_decay, ema_update
+from skinlesion.train.fit import ema_decay, ema_update
+from skinlesion.train.models import BaselineCNN
 
 
 def per_tensor(decay: float):

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skinlesion.export import Deployed
-from skinlesion.inference import OnnxClassifier, to_input
-from skinlesion.module import load_classifier
+from skinlesion.serve.export import Deployed
+from skinlesion.serve.inference import OnnxClassifier, to_input
 from skinlesion.tables import load_development_table
+from skinlesion.train.module import load_classifier
 
 
 def timed(fn, repeats: int, warmup: int) -> list[float]:

@@ -25,7 +25,7 @@ def measure(tier: str, data: Path, batches: int, warmup: int, overrides: dict) -
     import torch
 
     from skinlesion.config import load_config, tier_settings
-    from skinlesion.train import build, resolve_precision, time_training_steps
+    from skinlesion.train.fit import build, resolve_precision, time_training_steps
 
     config = load_config()
     settings = {**tier_settings(config["train"], tier), **overrides}

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 validate(config, schema="../schemas/config.schema.yaml")
 
 from skinlesion.config import ConfigError, check_config, data_files, tier_settings  # noqa: E402
-from skinlesion.select import DEFAULT, variant_settings  # noqa: E402
+from skinlesion.train.selection import DEFAULT, variant_settings  # noqa: E402
 
 check_config(config)
 

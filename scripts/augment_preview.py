@@ -1,5 +1,5 @@
-from skinlesion.figures import augment_preview
 from skinlesion.logs import log_to
+from skinlesion.report.figures import augment_preview
 
 with log_to(snakemake.log[0]):
     augment_preview(

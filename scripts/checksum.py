@@ -1,4 +1,4 @@
-from skinlesion.checksum import verify_files
+from skinlesion.data.checksum import verify_files
 from skinlesion.logs import log_to
 
 with log_to(snakemake.log[0]):

@@ -1,5 +1,5 @@
 from skinlesion.logs import log_to
-from skinlesion.report import comparison_table
+from skinlesion.report.build import comparison_table
 
 with log_to(snakemake.log[0]):
     comparison_table(

@@ -1,7 +1,7 @@
 import torch
 
 from skinlesion.logs import log_to
-from skinlesion.select import cross_validate_fold
+from skinlesion.train.selection import cross_validate_fold
 
 torch.set_num_threads(snakemake.threads)
 with log_to(snakemake.log[0]):

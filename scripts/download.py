@@ -1,5 +1,5 @@
 from skinlesion.config import FileSpec
-from skinlesion.download import download
+from skinlesion.data.download import download
 from skinlesion.logs import log_to
 
 with log_to(snakemake.log[0]):

@@ -1,6 +1,6 @@
 import torch
 
-from skinlesion.evaluate import evaluate_tier
+from skinlesion.evaluate.scoring import evaluate_tier
 from skinlesion.logs import log_to
 from skinlesion.provenance import job_provenance
 

@@ -1,4 +1,4 @@
-from skinlesion.evaluate import evaluate_ensemble
+from skinlesion.evaluate.scoring import evaluate_ensemble
 from skinlesion.logs import log_to
 from skinlesion.provenance import job_provenance
 

@@ -1,6 +1,6 @@
 import torch
 
-from skinlesion.evaluate import evaluate_external
+from skinlesion.evaluate.external import evaluate_external
 from skinlesion.logs import log_to
 from skinlesion.provenance import job_provenance
 

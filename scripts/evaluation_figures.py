@@ -1,5 +1,5 @@
-from skinlesion.figures import evaluation_figures
 from skinlesion.logs import log_to
+from skinlesion.report.figures import evaluation_figures
 
 with log_to(snakemake.log[0]):
     evaluation_figures(

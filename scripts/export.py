@@ -1,8 +1,8 @@
 import torch
 
-from skinlesion.export import export_tier
 from skinlesion.logs import log_to
 from skinlesion.provenance import job_provenance
+from skinlesion.serve.export import export_tier
 
 torch.set_num_threads(snakemake.threads)
 with log_to(snakemake.log[0]):

@@ -1,5 +1,5 @@
+from skinlesion.data.preprocess import preprocess
 from skinlesion.logs import log_to
-from skinlesion.preprocess import preprocess
 
 with log_to(snakemake.log[0]):
     preprocess(

@@ -1,5 +1,5 @@
 from skinlesion.logs import log_to
-from skinlesion.report import build_report
+from skinlesion.report.build import build_report
 
 tiers = snakemake.params.tiers
 with log_to(snakemake.log[0]):

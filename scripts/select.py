@@ -1,5 +1,5 @@
 from skinlesion.logs import log_to
-from skinlesion.select import summarise
+from skinlesion.train.selection import summarise
 
 with log_to(snakemake.log[0]):
     summarise(

@@ -1,5 +1,5 @@
+from skinlesion.data.split import write_split
 from skinlesion.logs import log_to
-from skinlesion.split import write_split
 
 with log_to(snakemake.log[0]):
     write_split(

@@ -2,7 +2,7 @@ import torch
 
 from skinlesion.logs import log_to
 from skinlesion.provenance import job_provenance
-from skinlesion.train import train_tier
+from skinlesion.train.fit import train_tier
 
 torch.set_num_threads(snakemake.threads)
 with log_to(snakemake.log[0]):

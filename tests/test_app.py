@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import ARTIFACTS, FULLRES, ROOT, chromium, free_port, need, running
 
-APP = str(ROOT / "src" / "skinlesion" / "app.py")
+APP = str(ROOT / "src" / "skinlesion" / "serve" / "app.py")
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import yaml
 
 from conftest import SAMPLE, run_snakemake
 from dataverse_server import DataverseServer
-from skinlesion.checksum import ChecksumError
 from skinlesion.config import FileSpec
-from skinlesion.download import DownloadError, copy_from_mirror, fetch_dataverse
+from skinlesion.data.checksum import ChecksumError
+from skinlesion.data.download import DownloadError, copy_from_mirror, fetch_dataverse
 
 ZIP = SAMPLE / "HAM10000_images_part_1.zip"
 META = SAMPLE / "HAM10000_metadata.csv"

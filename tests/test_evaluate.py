@@ -11,14 +11,11 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import SAMPLE, external_test_dir, run_snakemake, sample_args
 from skinlesion import CLASSES, MALIGNANT, malignant_probability
-from skinlesion.evaluate import (
-    evaluate_external,
-    metrics_from_predictions,
-    per_lesion,
-    predict_images,
-    read_ground_truth,
-)
-from skinlesion.metrics import threshold_for_sensitivity
+from skinlesion.evaluate.external import evaluate_external, read_ground_truth
+from skinlesion.evaluate.metrics import threshold_for_sensitivity
+from skinlesion.evaluate.predict import predict_images
+from skinlesion.evaluate.predictions import per_lesion
+from skinlesion.evaluate.scoring import metrics_from_predictions
 
 COLUMNS = ["image_id", *CLASSES, "p_malignant", "dx"]
 

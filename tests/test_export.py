@@ -11,11 +11,11 @@ from torchvision.transforms import v2
 
 from conftest import FULLRES, ROOT, need
 from skinlesion import MALIGNANT
-from skinlesion.export import Deployed, export_tier, fit_temperature, sha256, weights_sha256
-from skinlesion.inference import OnnxClassifier, decode, to_input
-from skinlesion.metrics import sens_spec
-from skinlesion.module import load_classifier
+from skinlesion.evaluate.metrics import sens_spec
+from skinlesion.serve.export import Deployed, export_tier, fit_temperature, sha256, weights_sha256
+from skinlesion.serve.inference import OnnxClassifier, decode, to_input
 from skinlesion.tables import load_development_table
+from skinlesion.train.module import load_classifier
 
 TIERS = ["baseline_cnn", "resnet", "transfer"]
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from skinlesion import CLASSES
-from skinlesion.metadata import encode, fit_metadata_model, fuse, log_likelihood_ratio
+from skinlesion.train.metadata import encode, fit_metadata_model, fuse, log_likelihood_ratio
 
 SITES = ["back", "face", "lower extremity", "trunk"]
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from skinlesion import CLASSES, malignant_probability
-from skinlesion.metrics import (
+from skinlesion.evaluate.metrics import (
     _point_metrics,
     expected_calibration_error,
     lesion_bootstrap,
@@ -137,7 +137,7 @@ def test_export_temperature_is_fitted_on_the_population_probabilities():
     against population labels, T would absorb the prior shift instead."""
     import torch
 
-    from skinlesion.export import fit_temperature
+    from skinlesion.serve.export import fit_temperature
 
     y, columns, prior = population_calibrated(n=5000)
     logits, labels = torch.tensor(np.log(columns), dtype=torch.float32), torch.tensor(y)

@@ -4,9 +4,9 @@ import lightning as L
 import pytest
 import torch
 
-from skinlesion.datamodule import class_names
-from skinlesion.models import PretrainedWeightsError, build_transfer
-from skinlesion.module import LesionClassifier, focal_loss, load_classifier
+from skinlesion.train.datamodule import class_names
+from skinlesion.train.models import PretrainedWeightsError, build_transfer
+from skinlesion.train.module import LesionClassifier, focal_loss, load_classifier
 
 SMALL = {
     "baseline_cnn": {"widths": [8, 16, 32], "convs_per_block": 2, "dropout": 0.0},
@@ -163,7 +163,7 @@ def test_no_pooling_without_a_deterministic_cuda_backward(tier):
     """nn.AdaptiveAvgPool2d's CUDA backward raises under deterministic training; every tier pools by a mean."""
     from timm.layers.adaptive_avgmax_pool import FastAdaptiveAvgPool
 
-    from skinlesion.models import GlobalAvgPool, build_model
+    from skinlesion.train.models import GlobalAvgPool, build_model
 
     net = build_model(tier, 7, SMALL[tier])
     modules = list(net.modules())

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import FULLRES, SAMPLE, need
-from skinlesion.preprocess import DataValidationError, load_square, preprocess, read_index
+from skinlesion.data.preprocess import DataValidationError, load_square, preprocess, read_index
 
 PARTS = [SAMPLE / "HAM10000_images_part_1.zip", SAMPLE / "HAM10000_images_part_2.zip"]
 META = SAMPLE / "HAM10000_metadata.csv"

@@ -12,15 +12,15 @@ import pytest
 from conftest import run_snakemake, sample_args
 from skinlesion import CLASSES, MALIGNANT
 from skinlesion.config import load_config, tier_settings
-from skinlesion.datamodule import LesionDataModule
-from skinlesion.export import export_tier, weights_sha256
-from skinlesion.figures import augment_preview
-from skinlesion.metadata import fit_metadata_model
-from skinlesion.module import load_classifier
-from skinlesion.select import make_folds
-from skinlesion.split import channel_stats
+from skinlesion.data.split import channel_stats
+from skinlesion.report.figures import augment_preview
+from skinlesion.serve.export import export_tier, weights_sha256
 from skinlesion.tables import SealedTestError
-from skinlesion.train import train_tier
+from skinlesion.train.datamodule import LesionDataModule
+from skinlesion.train.fit import train_tier
+from skinlesion.train.metadata import fit_metadata_model
+from skinlesion.train.module import load_classifier
+from skinlesion.train.selection import make_folds
 
 SETTINGS = tier_settings(load_config()["train"], "baseline_cnn")
 TINY = {

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from conftest import ARTIFACTS, chromium
-from skinlesion.report import with_integers
+from skinlesion.report.build import with_integers
 
 SECTIONS = ["summary", "data", "augmentation", "training", "comparison", "external", "errors", "provenance"]
 

@@ -6,8 +6,8 @@ import pandas as pd
 
 from conftest import SAMPLE
 from skinlesion import CLASSES
+from skinlesion.data.sample import make_sample
 from skinlesion.io import read_md5sums
-from skinlesion.sample import make_sample
 
 
 def test_sample_is_small_attributed_and_checksummed():

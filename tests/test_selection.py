@@ -5,7 +5,7 @@ import pytest
 
 from conftest import run_snakemake, sample_run_args
 from skinlesion.config import ConfigError, load_config
-from skinlesion.select import deep_merge, variant_settings
+from skinlesion.train.selection import deep_merge, variant_settings
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import free_port, running
-from skinlesion.inference import OnnxClassifier, decode
-from skinlesion.service import create_app
+from skinlesion.serve.inference import OnnxClassifier, decode
+from skinlesion.serve.service import create_app
 from test_export import fullres_images
 
 LIMIT = 2 * 2**20

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_snakemake
 from skinlesion import CLASSES
-from skinlesion.split import make_split, split_counts
+from skinlesion.data.split import make_split, split_counts
 
 DATA = ("results", "data")
 
@@ -91,11 +91,15 @@ def test_split_rejects_a_lesion_with_two_diagnoses():
 
 
 def test_table_helpers_and_reporting_do_not_import_torch():
-    """The pandas/scikit-learn rules (split tables, selection summary, metrics, report) run without torch."""
+    """The pandas/scikit-learn rules (split tables, selection summary, scoring, report) run without torch."""
     import subprocess
     import sys
 
-    modules = "skinlesion.tables, skinlesion.select, skinlesion.metrics, skinlesion.report, skinlesion.metadata"
+    modules = ", ".join(
+        f"skinlesion.{m}"
+        for m in ("tables", "train.selection", "evaluate.metrics", "evaluate.predictions", "evaluate.scoring")
+        + ("report.build", "train.metadata", "data.split", "rendered")
+    )
     code = f"import sys, {modules}; print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -13,10 +13,10 @@ from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, SNAKEMAKE, run_snakemake, sample_args
 from skinlesion.config import load_config, tier_settings
-from skinlesion.datamodule import LesionDataModule
-from skinlesion.export import weights_sha256
-from skinlesion.module import load_classifier
-from skinlesion.train import build, time_training_steps
+from skinlesion.serve.export import weights_sha256
+from skinlesion.train.datamodule import LesionDataModule
+from skinlesion.train.fit import build, time_training_steps
+from skinlesion.train.module import load_classifier
 
 TIERS = ("baseline_cnn", "resnet", "transfer")
 

@@ -15,7 +15,7 @@ from skinlesion.config import DEFAULT_CONFIG
 
 def _download(args: argparse.Namespace) -> None:
     from skinlesion.config import data_files, load_config
-    from skinlesion.download import download
+    from skinlesion.data.download import download
 
     overrides = {"data_dir": args.data_dir} if args.data_dir else {}
     config = load_config(args.configfile, overrides)
@@ -29,14 +29,14 @@ def _download(args: argparse.Namespace) -> None:
 
 
 def _make_sample(args: argparse.Namespace) -> None:
-    from skinlesion.sample import make_sample
+    from skinlesion.data.sample import make_sample
 
     subset = make_sample(args.mirror, args.out, lesions_per_class=args.lesions_per_class, seed=args.seed)
     print(f"{args.out}: {len(subset)} images of {subset['lesion_id'].nunique()} lesions")
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from skinlesion.evaluate import predict_images
+    from skinlesion.evaluate.predict import predict_images
 
     table = predict_images(args.checkpoint, args.images, args.out, batch_size=args.batch_size, tta=args.tta)
     print(f"{args.out}: {len(table)} images")
@@ -45,7 +45,7 @@ def _predict(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from skinlesion.service import create_app
+    from skinlesion.serve.service import create_app
 
     app = create_app(
         args.model, max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files, threads=args.threads
@@ -61,7 +61,7 @@ def _app(args: argparse.Namespace) -> None:
         env["SKINLESION_SERVICE_URL"] = args.service.rstrip("/")
     if args.checkpoint:
         env["SKINLESION_CHECKPOINT"] = str(Path(args.checkpoint).resolve())
-    script = Path(__file__).with_name("app.py")
+    script = Path(__file__).parent / "serve" / "app.py"
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true"]
     command += ["--server.address", args.host, "--server.port", str(args.port), "--browser.gatherUsageStats", "false"]
     command += ["--client.toolbarMode", "viewer"]

@@ -40,7 +40,7 @@ def check_config(config: dict) -> dict:
         raise ConfigError(f"split.ratios must sum to 1, got {total:g} ({ratios})")
     for tier in config["train"]["tiers"]:
         check_training(tier_settings(config["train"], tier), f"train ({tier})")
-    from skinlesion.select import DEFAULT, variant_settings
+    from skinlesion.train.selection import DEFAULT, variant_settings
 
     variants = config["selection"]["variants"]
     for tier, named in variants.items():

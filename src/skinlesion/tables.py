@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from skinlesion import CLASSES
+from skinlesion.data.preprocess import read_index
 from skinlesion.io import atomic_path
-from skinlesion.preprocess import read_index
 
 DEVELOPMENT_SPLITS = ("train", "val")
 

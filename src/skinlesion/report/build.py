@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from skinlesion.evaluate.metrics import recommended_tier
 from skinlesion.io import atomic_path
-from skinlesion.metrics import recommended_tier
 from skinlesion.provenance import run_provenance
 
 # Published results, shown beside ours with the caveats a reader needs to compare them fairly.
@@ -164,7 +164,7 @@ def build_report(
     """Render every table and figure into one self-contained HTML page (images inlined)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    env = Environment(loader=PackageLoader("skinlesion", "templates"), autoescape=select_autoescape())
+    env = Environment(loader=PackageLoader("skinlesion.report", "templates"), autoescape=select_autoescape())
 
     def table(frame: pd.DataFrame) -> str:
         html = with_integers(frame).to_html(

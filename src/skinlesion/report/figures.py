@@ -13,9 +13,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from skinlesion import CLASSES  # noqa: E402
-from skinlesion.datamodule import color_transform, eval_transform, train_transform  # noqa: E402
 from skinlesion.io import atomic_path  # noqa: E402
 from skinlesion.tables import load_development_table  # noqa: E402
+from skinlesion.train.datamodule import color_transform, eval_transform, train_transform  # noqa: E402
 
 
 def save(fig, dest: str | os.PathLike, dpi: int = 110) -> None:
@@ -70,7 +70,7 @@ def evaluation_figures(predictions_csv, metrics_json, out_confusion, out_roc, ou
     from sklearn.metrics import confusion_matrix, roc_curve
 
     from skinlesion import population_probabilities
-    from skinlesion.metrics import labelled, malignant_indices, reliability_bins
+    from skinlesion.evaluate.metrics import labelled, malignant_indices, reliability_bins
 
     preds = pd.read_csv(predictions_csv)
     report = json.loads(Path(metrics_json).read_text())
@@ -121,7 +121,7 @@ def evaluation_figures(predictions_csv, metrics_json, out_confusion, out_roc, ou
         ax.legend(fontsize=7, loc="lower right")
     save(fig, out_roc)
 
-    # Calibration of the population probabilities, as the metrics measure it (skinlesion.metrics).
+    # Calibration of the population probabilities, as the metrics measure it (skinlesion.evaluate.metrics).
     bins = reliability_bins(y, population_probabilities(probs, report.get("class_prior")))
     centers = (bins["edges"][:-1] + bins["edges"][1:]) / 2
     fig, ax = plt.subplots(figsize=(5, 4.6))

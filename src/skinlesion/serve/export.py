@@ -2,7 +2,7 @@
 
 The exported graph takes float32 (N, 3, n, n) RGB pixels in 0-255 (any N) and returns the
 logits and the class probabilities softmax(logits / T). Normalisation is inside the graph. On
-the validation split, with the deployed preprocessing (:mod:`skinlesion.inference`) and no TTA,
+the validation split, with the deployed preprocessing (:mod:`skinlesion.serve.inference`) and no TTA,
 the export:
 
 1. fits the temperature T by minimising the negative log-likelihood (Guo et al., 2017) of the
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 
 from skinlesion import MALIGNANT, malignant_probability
-from skinlesion.inference import CONTRACT_FORMAT, to_input
+from skinlesion.evaluate.metrics import sens_spec, threshold_for_sensitivity
 from skinlesion.io import atomic_path
-from skinlesion.metrics import sens_spec, threshold_for_sensitivity
-from skinlesion.module import LesionClassifier, load_classifier
+from skinlesion.serve.inference import CONTRACT_FORMAT, to_input
 from skinlesion.tables import load_development_table
+from skinlesion.train.module import LesionClassifier, load_classifier
 
 log = logging.getLogger(__name__)
 OPSET = 18

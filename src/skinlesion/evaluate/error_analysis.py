@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from skinlesion import MALIGNANT
-from skinlesion.metrics import is_binary, sens_spec
+from skinlesion.evaluate.metrics import is_binary, sens_spec
 
 AGE_BANDS = [0, 30, 45, 60, 75, 120]
 

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from skinlesion import CLASSES
+from skinlesion.data.preprocess import DataValidationError, read_index
 from skinlesion.io import atomic_path
-from skinlesion.preprocess import DataValidationError, read_index
 from skinlesion.tables import load_development_table, write_development
 
 SPLITS = ("train", "val", "test")

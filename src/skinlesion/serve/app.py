@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from skinlesion.inference import MAX_PIXELS, ImageError, OnnxClassifier, decode
+from skinlesion.serve.inference import MAX_PIXELS, ImageError, OnnxClassifier, decode
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MODEL_DIR = Path(os.environ.get("SKINLESION_MODEL", "results/export/baseline_cnn"))
 SERVICE_URL = os.environ.get("SKINLESION_SERVICE_URL") or None
 SAMPLES = Path(os.environ.get("SKINLESION_SAMPLES", ROOT / "data" / "sample"))
@@ -38,8 +38,8 @@ def classifier(model_dir: str) -> OnnxClassifier:
 @st.cache_resource
 def torch_model(checkpoint: str, expected_sha256: str):
     """The checkpoint behind the export, for Grad-CAM; None when it is missing or does not match."""
-    from skinlesion.export import weights_sha256
-    from skinlesion.module import load_classifier
+    from skinlesion.serve.export import weights_sha256
+    from skinlesion.train.module import load_classifier
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -143,7 +143,7 @@ if data is not None:
     if model is None:
         right.info("Grad-CAM needs the tier's checkpoint (set --checkpoint); it was not found or does not match.")
     else:
-        from skinlesion.error_analysis import gradcam
+        from skinlesion.evaluate.error_analysis import gradcam
 
         target = list(model.hparams.class_names).index(result["predicted_class"])
         cam = gradcam(model, square[None], [target])[0]

@@ -24,9 +24,9 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, WeightAveraging
 from lightning.pytorch.utilities import rank_zero_only
 
-from skinlesion.datamodule import LesionDataModule, class_names, epoch_seed
 from skinlesion.io import atomic_path, md5sum
-from skinlesion.module import LesionClassifier
+from skinlesion.train.datamodule import LesionDataModule, class_names, epoch_seed
+from skinlesion.train.module import LesionClassifier
 
 log = logging.getLogger(__name__)
 # No MLflow upload progress bars in the rule logs.

@@ -18,8 +18,8 @@ from pathlib import Path
 import requests
 from tqdm.auto import tqdm
 
-from skinlesion.checksum import ChecksumError, compare
 from skinlesion.config import FileSpec
+from skinlesion.data.checksum import ChecksumError, compare
 from skinlesion.io import atomic_path
 
 log = logging.getLogger(__name__)

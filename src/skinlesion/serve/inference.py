@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from skinlesion import malignant_probability
-from skinlesion.preprocess import load_square
+from skinlesion.data.preprocess import load_square
 
 CONTRACT_FORMAT = "skinlesion-onnx/1"
 MAX_PIXELS = 40_000_000  # the largest image (width x height) decoded; dermatoscopes give well under 20 MP

@@ -20,7 +20,7 @@ from torchmetrics.classification import (
 )
 
 from skinlesion import CLASSES, MALIGNANT
-from skinlesion.models import build_model
+from skinlesion.train.models import build_model
 
 LOSSES = ("ce", "focal")
 

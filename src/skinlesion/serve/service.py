@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from skinlesion.inference import MAX_PIXELS, ImageError, OnnxClassifier, decode
+from skinlesion.serve.inference import MAX_PIXELS, ImageError, OnnxClassifier, decode
 
 FIELD = "files"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from skinlesion.config import check_training, tier_settings
+from skinlesion.evaluate.metrics import summary_scores
 from skinlesion.io import atomic_path
-from skinlesion.metrics import summary_scores
 from skinlesion.tables import development_rows, read_split
 
 log = logging.getLogger(__name__)
@@ -96,11 +96,12 @@ def cross_validate_fold(
     out_predictions: str | os.PathLike,
 ) -> pd.DataFrame:
     """The cv_fold rule: train on the other folds, predict the held-out one (its out-of-fold predictions)."""
-    from skinlesion.evaluate import predict_rows, write_csv
-    from skinlesion.module import load_classifier
-    from skinlesion.split import channel_stats
+    from skinlesion.data.split import channel_stats
+    from skinlesion.evaluate.predict import predict_rows
+    from skinlesion.evaluate.predictions import write_csv
     from skinlesion.tables import load_development_table
-    from skinlesion.train import train_tier
+    from skinlesion.train.fit import train_tier
+    from skinlesion.train.module import load_classifier
 
     work = Path(work_dir)
     split_csv, stats = work / "split.csv", work / "norm_stats.json"

@@ -1,0 +1,1 @@
+"""Data stage: download, checksum, preprocess (extract, validate, cache), split, the bundled sample."""

@@ -1,0 +1,1 @@
+"""Report stage: figures, the comparison table and the self-contained results/report.html."""
