@@ -1,6 +1,7 @@
 """The inference service: predictions, health, Prometheus metrics, and a clear 4xx for every bad input."""
 
 import io
+import json
 import sys
 
 import numpy as np
@@ -141,3 +142,67 @@ def test_documented_serve_command_answers_over_http(export_dir, jpegs):
         )
         assert response.status_code == 200 and len(response.json()["predictions"]) == 3
         assert "skinlesion_requests_total" in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
+
+def test_the_service_keeps_its_published_contract(export_dir):
+    """Schemathesis (all its checks, seeded and bounded) against every operation of /openapi.json:
+    valid requests (real JPEG/PNG uploads, tests/schemathesis_hooks.py) and, where there is a body,
+    invalid ones; every answer must be declared, typed and conform."""
+    import schemathesis
+    import schemathesis_hooks  # noqa: F401 - registers the image/jpeg and image/png strategies
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+    from schemathesis.checks import CHECKS
+
+    schema = schemathesis.openapi.from_asgi(
+        "/openapi.json", create_app(export_dir, max_upload_bytes=LIMIT, max_files=8)
+    )
+    ran = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if list(operation.body) else [])
+        for mode in modes:
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(
+                max_examples=25, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+            )
+            def check(case):
+                case.call_and_validate(checks=CHECKS.get_all())
+
+            check()
+            ran.append(f"{operation.label} {mode.value}")
+    assert ran == ["GET /health positive", "GET /metrics positive", "POST /predict positive", "POST /predict negative"]
+
+
+def declared_schema(spec: dict, path: str, method: str, status: int) -> dict:
+    """The JSON schema /openapi.json declares for one answer, with the components it refers to."""
+    content = spec["paths"][path][method]["responses"][str(status)]["content"]["application/json"]
+    return {**content["schema"], "$defs": spec["components"]["schemas"]}
+
+
+def test_every_kind_of_answer_matches_its_declared_schema(client, jpegs):
+    import jsonschema
+
+    spec = client.get("/openapi.json").json()
+    spec_text = json.dumps(spec).replace("#/components/schemas/", "#/$defs/")
+    spec = json.loads(spec_text)
+    answers = {
+        ("/predict", "post", 200): post(client, *jpegs),
+        ("/health", "get", 200): client.get("/health"),
+        ("/predict", "post", 413): post(client, ("big.jpg", b"\xff" * (LIMIT + 1))),
+        ("/predict", "post", 415): post(client, ("notes.txt", b"just text")),
+        ("/predict", "post", 422): client.post("/predict"),
+        ("/health", "get", 405): client.request("TRACE", "/health"),
+        ("/predict", "post", 405): client.get("/predict"),
+    }
+    for (path, method, status), response in answers.items():
+        assert response.status_code == status, (path, status, response.text)
+        jsonschema.validate(response.json(), declared_schema(spec, path, method, status))
+    assert set(answers["/health", "get", 405].headers["allow"].replace(" ", "").split(",")) == {"GET"}
+    assert client.request("TRACE", "/metrics").headers["allow"] == "GET"
+    metrics = client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert "text/plain" in spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["properties"]["files"]["minItems"] == 1 and body["required"] == ["files"]
