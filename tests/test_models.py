@@ -158,6 +158,36 @@ def test_pretrained_loads_a_local_weights_file(tmp_path):
     assert model.get_classifier().out_features == 7
 
 
+def test_pretrained_weights_come_through_timm_from_the_hub(tmp_path):
+    """pretrained: true without weights_file: timm fetches ImageNet weights from the Hugging Face hub,
+    here a stand-in on 127.0.0.1 (HF_ENDPOINT); the backbone is the hub's, only the head is new."""
+    import os
+    import subprocess
+    import sys
+
+    import timm
+    from hf_hub_server import serve
+    from safetensors.torch import load_file, save
+
+    source = timm.create_model("efficientnet_b0", num_classes=1000)
+    server, requests = serve({"model.safetensors": save(source.state_dict())})
+    code = (
+        "import sys; from safetensors.torch import save_file; from skinlesion.train.models import build_transfer; "
+        "m = build_transfer(7, 'efficientnet_b0', pretrained=True); save_file(m.state_dict(), sys.argv[1])"
+    )
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}", "HF_HUB_CACHE": str(tmp_path)}
+    env["HF_HUB_DISABLE_XET"] = "1"
+    try:
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / "loaded.safetensors")], env=env, check=True)
+    finally:
+        server.shutdown()
+    assert ("GET", "/timm/efficientnet_b0.ra_in1k/resolve/main/model.safetensors") in requests
+    loaded, expected = load_file(tmp_path / "loaded.safetensors"), source.state_dict()
+    backbone = [k for k in loaded if not k.startswith("classifier.")]
+    assert len(backbone) > 300 and all(torch.equal(loaded[k], expected[k]) for k in backbone)
+    assert loaded["classifier.weight"].shape == (7, 1280)
+
+
 @pytest.mark.parametrize("tier", list(SMALL))
 def test_no_pooling_without_a_deterministic_cuda_backward(tier):
     """nn.AdaptiveAvgPool2d's CUDA backward raises under deterministic training; every tier pools by a mean."""
