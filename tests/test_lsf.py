@@ -69,3 +69,44 @@ def test_gpu_request_is_sized_from_train_devices(tmp_path):
         assert "gpu=2" in line and 'lsf_extra=-gpu "num=2:mode=exclusive_process"' in line
     out = run_snakemake(tmp_path, "-n", "--forceall", *sample_args(configfiles=[tmp_path / "cpu.yaml"]), "--", *targets)
     assert "gpu=0" in out.stdout and "-gpu" not in out.stdout
+
+
+def job_resources(output: str) -> dict[str, list[str]]:
+    """rule -> the resources line of each of its jobs in a dry run's output."""
+    jobs: dict[str, list[str]] = {}
+    rule = None
+    for line in output.splitlines():
+        if match := re.match(r"(?:local)?rule (\w+):$", line):
+            rule = match.group(1)
+        elif rule and (match := re.match(r"\s+resources: (.*)$", line)):
+            jobs.setdefault(rule, []).append(match.group(1))
+    return jobs
+
+
+def test_gpu_profile_alone_and_with_the_lsf_profile_dry_runs_with_gpus_on_training_jobs_only(tmp_path):
+    """profiles/gpu on one machine, and its settings with profiles/dtu-lsf: both dry-run cleanly; only
+    the training jobs (train, cv_fold) ask for the GPU, and on LSF they go to the GPU queue."""
+    targets = ["--", "all", "results/selection/baseline_cnn.csv"]
+    local = run_snakemake(tmp_path / "local", "-n", "--profile", str(ROOT / "profiles" / "gpu"), *sample_args(*targets))
+    profile = yaml.safe_load((ROOT / "profiles" / "dtu-lsf" / "config.yaml").read_text())
+    profile.pop("use-conda")  # no conda binary on these machines
+    (tmp_path / "lsf").mkdir()
+    (tmp_path / "lsf" / "config.yaml").write_text(yaml.safe_dump(profile))
+    gpu_config = ROOT / "profiles" / "gpu" / "gpu.yaml"
+    cluster = run_snakemake(
+        tmp_path / "cluster",
+        "-n",
+        "--profile",
+        str(tmp_path / "lsf"),
+        *sample_args(*targets, configfiles=(gpu_config,)),
+    )
+    for proc, queue in ((local, None), (cluster, "lsf_queue=gpuv100")):
+        jobs = job_resources(proc.stdout + proc.stderr)
+        assert {"train", "cv_fold", "evaluate", "export"} <= set(jobs)
+        for rule, lines in jobs.items():
+            training = rule in ("train", "cv_fold")
+            for line in lines:
+                assert ("gpu=1" in line.split(", ")) == training, (rule, line)
+                assert ('lsf_extra=-gpu "num=1:mode=exclusive_process"' in line) == training, (rule, line)
+                if queue:
+                    assert (queue in line) == training, (rule, line)

@@ -162,6 +162,12 @@ class EpochHistory(StepTimer):
             pd.DataFrame(rows).to_csv(tmp, index=False, lineterminator="\n")
 
 
+def resolve_workers(num_workers: int | str) -> int:
+    """``auto``: one DataLoader worker per thread of the job (torch's thread count, which the rule
+    script sets from the job's threads) but one, at least one; else the number as it is."""
+    return max(1, torch.get_num_threads() - 1) if num_workers == "auto" else int(num_workers)
+
+
 def _fingerprint(settings: dict, seed: int, inputs: list[str]) -> str:
     blob = json.dumps({"settings": settings, "seed": seed, "inputs": [md5sum(p) for p in inputs]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -177,7 +183,7 @@ def build(tier: str, settings: dict, *, images, index, split, stats, seed: int =
         task=settings["task"],
         image_size=settings["image_size"],
         batch_size=settings["batch_size"],
-        num_workers=settings["num_workers"],
+        num_workers=resolve_workers(settings["num_workers"]),
         imbalance=settings["imbalance"],
         augment=settings["augment"],
         seed=seed,
