@@ -17,6 +17,7 @@ rule evaluate:
         target_sensitivity=config["evaluate"]["target_sensitivity"],
         n_boot=config["evaluate"]["n_boot"],
         seed=config["seed"],
+        device=config["evaluate"]["device"],
     wildcard_constraints:
         tier="|".join(TIERS),
     threads: workflow.cores
@@ -105,6 +106,7 @@ rule evaluate_external:
         tta=config["evaluate"]["tta"],
         n_boot=config["evaluate"]["n_boot"],
         seed=config["seed"],
+        device=config["evaluate"]["device"],
     wildcard_constraints:
         tier="|".join(TIERS),
     threads: workflow.cores

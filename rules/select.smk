@@ -33,6 +33,7 @@ rule cv_fold:
         settings=lambda wc: variant_settings(config["train"], wc.tier, wc.variant, config["selection"]["variants"]),
         seed=config["seed"],
         tta=config["evaluate"]["tta"],
+        device=config["evaluate"]["device"],
         work_dir=lambda wc: f"{SELECTION}/{wc.tier}/{wc.variant}/fold{wc.fold}/work",
     wildcard_constraints:
         tier="|".join(TIERS),

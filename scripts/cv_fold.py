@@ -17,4 +17,5 @@ with log_to(snakemake.log[0]):
         work_dir=snakemake.params.work_dir,
         out_ckpt=snakemake.output.ckpt,
         out_predictions=snakemake.output.predictions,
+        device=snakemake.params.device,
     )

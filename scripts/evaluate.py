@@ -21,4 +21,5 @@ with log_to(snakemake.log[0]):
         seed=snakemake.params.seed,
         metadata_model=snakemake.input.metadata or None,
         provenance=job_provenance(snakemake),
+        device=snakemake.params.device,
     )

@@ -17,4 +17,5 @@ with log_to(snakemake.log[0]):
         n_boot=snakemake.params.n_boot,
         seed=snakemake.params.seed,
         provenance=job_provenance(snakemake),
+        device=snakemake.params.device,
     )

@@ -194,3 +194,23 @@ def test_unrecognised_ground_truth_is_named(tmp_path):
     pd.DataFrame({"name": ["a"], "label": ["nv"]}).to_csv(bad, index=False)
     with pytest.raises(ValueError, match="unrecognised ground truth.*found name, label"):
         read_ground_truth(bad)
+
+
+def test_inference_runs_where_it_is_told_and_auto_is_the_cpu_here(sample_run):
+    """device: auto takes the GPU when there is one; on this CPU-only machine it is the CPU, with the
+    same predictions to the bit (the GPU check compares a GPU against the CPU within a tolerance)."""
+    import torch
+
+    from skinlesion.evaluate.predict import evaluate_split
+    from skinlesion.train.module import resolve_device
+
+    data = sample_run / "results" / "data"
+    args = (str(sample_run / "results/models/resnet/best.ckpt"), *(str(data / f) for f in ("images.npy", "index.csv")))
+    runs = {
+        d: evaluate_split(*args, str(data / "split.csv"), split="val", tta=False, device=d) for d in ("cpu", "auto")
+    }
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert runs["auto"][1].device.type == resolve_device("auto")
+    pd.testing.assert_frame_equal(runs["cpu"][0], runs["auto"][0])
+    with pytest.raises(ValueError, match="device: 'tpu' is not one of auto, cpu, cuda"):
+        resolve_device("tpu")

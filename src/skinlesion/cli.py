@@ -38,7 +38,9 @@ def _make_sample(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from skinlesion.evaluate.predict import predict_images
 
-    table = predict_images(args.checkpoint, args.images, args.out, batch_size=args.batch_size, tta=args.tta)
+    table = predict_images(
+        args.checkpoint, args.images, args.out, batch_size=args.batch_size, tta=args.tta, device=args.device
+    )
     print(f"{args.out}: {len(table)} images")
 
 
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output CSV: image_id, akiec..vasc, p_malignant, dx")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--tta", action="store_true", help="average over the 8 flips/90-degree rotations")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: the GPU when there is one")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("serve", help="the inference service (FastAPI + ONNX Runtime) on an exported tier")

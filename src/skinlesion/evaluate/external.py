@@ -56,6 +56,7 @@ def evaluate_external(
     n_boot: int,
     seed: int,
     provenance: dict | None = None,
+    device: str = "cpu",
 ) -> dict:
     """An external test set, at the operating threshold chosen on the internal validation split.
 
@@ -63,7 +64,7 @@ def evaluate_external(
     resample images (for either ground-truth form, which therefore give identical metrics).
     """
     gt = read_ground_truth(ground_truth)
-    preds = predict_images(checkpoint, images, tta=tta, progress=False)
+    preds = predict_images(checkpoint, images, tta=tta, progress=False, device=device)
     missing = sorted(set(gt["image_id"]) - set(preds["image_id"]))
     if missing:
         raise ValueError(f"{images}: no image for {len(missing)} ground-truth row(s), e.g. {missing[:5]}")

@@ -63,9 +63,10 @@ def evaluate_split(
     split: str,
     tta: bool,
     batch_size: int = 128,
+    device: str = "cpu",
 ) -> tuple[pd.DataFrame, LesionClassifier]:
-    """Predictions for one split of the cache, joined with the truth (dx, lesion_id)."""
-    model = load_classifier(ckpt)
+    """Predictions for one split of the cache, joined with the truth (dx, lesion_id), on ``device``."""
+    model = load_classifier(ckpt, device)
     table = load_split_table(index_csv, split_csv)
     return predict_rows(model, images_npy, table[table["split"] == split], tta=tta, batch_size=batch_size), model
 
@@ -109,6 +110,7 @@ def predict_images(
     batch_size: int = 64,
     tta: bool = False,
     progress: bool = True,
+    device: str = "cpu",
 ) -> pd.DataFrame:
     """``skinlesion predict``: probabilities for a folder or zip of images, preprocessed as in training.
 
@@ -120,7 +122,7 @@ def predict_images(
 
     from skinlesion.data.preprocess import load_square
 
-    model = load_classifier(checkpoint)
+    model = load_classifier(checkpoint, device)
     size = model.hparams.cache_size
     ids, probs, batch = [], [], []
 

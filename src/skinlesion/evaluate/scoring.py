@@ -112,13 +112,14 @@ def evaluate_tier(
     seed: int = 0,
     metadata_model: str | os.PathLike | None = None,
     provenance: dict | None = None,
+    device: str = "cpu",
 ) -> dict:
-    """The evaluate rule: threshold on val, metrics with lesion-bootstrap CIs on test
+    """The evaluate rule (inference on ``device``): threshold on val, metrics with lesion-bootstrap CIs on test
     (:func:`score_predictions`); writes the metrics and the val and test predictions."""
     from skinlesion.evaluate.predict import evaluate_split
 
-    val, model = evaluate_split(ckpt, images_npy, index_csv, split_csv, split="val", tta=tta)
-    test, _ = evaluate_split(ckpt, images_npy, index_csv, split_csv, split="test", tta=tta)
+    val, model = evaluate_split(ckpt, images_npy, index_csv, split_csv, split="val", tta=tta, device=device)
+    test, _ = evaluate_split(ckpt, images_npy, index_csv, split_csv, split="test", tta=tta, device=device)
     result = {
         "tier": tier,
         "task": "binary" if model.binary else "multiclass",

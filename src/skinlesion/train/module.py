@@ -200,7 +200,22 @@ class LesionClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: the GPU when there is one, else the CPU; ``cpu`` or ``cuda`` as they are."""
+    if device not in DEVICES:
+        raise ValueError(f"device: {device!r} is not one of {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def load_classifier(path, map_location="cpu") -> LesionClassifier:
-    """Load a checkpoint for inference (weights only: no pickled code is executed)."""
+    """Load a checkpoint for inference (weights only: no pickled code is executed) onto
+    ``map_location`` (a device, or ``auto``: :func:`resolve_device`)."""
+    if map_location in DEVICES:
+        map_location = resolve_device(map_location)
     model = LesionClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
     return model.eval()

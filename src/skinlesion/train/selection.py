@@ -94,6 +94,7 @@ def cross_validate_fold(
     work_dir: str | os.PathLike,
     out_ckpt: str | os.PathLike,
     out_predictions: str | os.PathLike,
+    device: str = "cpu",
 ) -> pd.DataFrame:
     """The cv_fold rule: train on the other folds, predict the held-out one (its out-of-fold predictions)."""
     from skinlesion.data.split import channel_stats
@@ -122,7 +123,7 @@ def cross_validate_fold(
         mlflow_cfg=None,
     )
     table = load_development_table(index, split_csv)
-    preds = predict_rows(load_classifier(out_ckpt), images, table[table["split"] == "val"], tta=tta)
+    preds = predict_rows(load_classifier(out_ckpt, device), images, table[table["split"] == "val"], tta=tta)
     write_csv(preds, out_predictions)
     return preds
 
