@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint serve app clean
+.PHONY: venv demo test test-fast lint serve app clean gpu-check
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf results .snakemake
+
+# The GPU path end to end on a machine with a GPU (benchmarks/gpu_check.py; writes gpu_check.json).
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --data ../shared/data/ham10000 --out gpu_check.json
