@@ -59,17 +59,17 @@ def score_predictions(
     target_sensitivity: float,
     n_boot: int,
     seed: int,
-    metadata: dict | None = None,
-    table: pd.DataFrame | None = None,
+    metadata_model: str | os.PathLike | None = None,
+    split_tables: tuple[str, str] | None = None,
 ) -> dict:
     """The scored blocks of one model (a tier, or the ensemble of tiers) from its val and test predictions.
 
     ``validation``: per-image scores on val, what the protocol compares models on. ``test`` scores
     every test image at the threshold chosen on val; ``test_per_lesion`` every test lesion once
-    (:func:`per_lesion`, its threshold chosen on the validation lesions). With ``metadata`` (a
-    multiclass model's; ``table``: the split table by image_id) both again with the patient
-    metadata fused in (:mod:`skinlesion.train.metadata`), under ``test_with_metadata`` and
-    ``test_with_metadata_per_lesion``."""
+    (:func:`per_lesion`, its threshold chosen on the validation lesions). With ``metadata_model`` (for
+    a multiclass model; ``split_tables``: the index and split tables its features come from) both
+    again with the patient metadata fused in (:mod:`skinlesion.train.metadata`), under
+    ``test_with_metadata`` and ``test_with_metadata_per_lesion``."""
 
     def test_metrics(val: pd.DataFrame, test: pd.DataFrame) -> dict:
         threshold = threshold_for_sensitivity(
@@ -84,7 +84,9 @@ def score_predictions(
         "test": test_metrics(val, test),
         "test_per_lesion": test_metrics(per_lesion(val, prior), per_lesion(test, prior)),
     }
-    if metadata is not None and not is_binary(val):
+    if metadata_model and not is_binary(val):
+        metadata = load_metadata_model(metadata_model)
+        table = load_split_table(*split_tables).set_index("image_id")
         val_meta, test_meta = (with_metadata(p, metadata, table, prior) for p in (val, test))
         blocks["test_with_metadata"] = test_metrics(val_meta, test_meta)
         blocks["test_with_metadata_per_lesion"] = test_metrics(*(per_lesion(p, prior) for p in (val_meta, test_meta)))
@@ -133,8 +135,8 @@ def evaluate_tier(
             target_sensitivity=target_sensitivity,
             n_boot=n_boot,
             seed=seed,
-            metadata=load_metadata_model(metadata_model) if metadata_model else None,
-            table=load_split_table(index_csv, split_csv).set_index("image_id"),
+            metadata_model=metadata_model,
+            split_tables=(index_csv, split_csv),
         ),
         "provenance": provenance or {},
     }
@@ -187,8 +189,8 @@ def evaluate_ensemble(
             target_sensitivity=target_sensitivity,
             n_boot=n_boot,
             seed=seed,
-            metadata=load_metadata_model(metadata_model) if metadata_model else None,
-            table=load_split_table(index_csv, split_csv).set_index("image_id"),
+            metadata_model=metadata_model,
+            split_tables=(index_csv, split_csv),
         ),
         "provenance": provenance or {},
     }
