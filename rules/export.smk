@@ -14,6 +14,7 @@ rule export:
         target_sensitivity=config["evaluate"]["target_sensitivity"],
         calibrate=config["export"]["calibrate"],
         tolerance=config["export"]["tolerance"],
+        device=config["evaluate"]["device"],
     wildcard_constraints:
         tier="|".join(TIERS),
     threads: workflow.cores

@@ -18,4 +18,5 @@ with log_to(snakemake.log[0]):
         calibrate=snakemake.params.calibrate,
         tolerance=snakemake.params.tolerance,
         provenance=job_provenance(snakemake),
+        device=snakemake.params.device,
     )

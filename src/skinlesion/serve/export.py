@@ -107,17 +107,21 @@ def export_tier(
     calibrate: bool = True,
     tolerance: float = 1e-4,
     provenance: dict | None = None,
+    device: str = "cpu",
 ) -> dict:
-    """Export one tier; returns the contract written to ``out_contract``."""
+    """Export one tier; returns the contract written to ``out_contract``. ``device`` runs the PyTorch
+    side (temperature fit, the reference of the parity check) there, in fp32 without TF32; the ONNX
+    graph is always traced on the CPU, and ONNX Runtime runs on the CPU, as the service does."""
     import onnxruntime as ort
 
-    model = load_classifier(ckpt).float()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    model = load_classifier(ckpt, device).float()
     hp = model.hparams
     table = load_development_table(index_csv, split_csv)
     val = table[table["split"] == "val"]
     x_val = torch.from_numpy(_inputs(images_npy, val["row"].to_numpy(), hp.image_size))
     with torch.no_grad():
-        logits = torch.cat([model(b).float() for b in x_val.split(256)])
+        logits = torch.cat([model(b.to(model.device)).float().cpu() for b in x_val.split(256)])
     if model.binary:
         labels, malignant_classes = torch.tensor(val["malignant"].to_numpy()), ["malignant"]
     else:
@@ -129,7 +133,8 @@ def export_tier(
 
     deployed = Deployed(model, temperature).eval()
     with torch.no_grad():
-        torch_probs = np.concatenate([deployed(b)[1].numpy() for b in x_val.split(256)])
+        torch_probs = np.concatenate([deployed(b.to(model.device))[1].cpu().numpy() for b in x_val.split(256)])
+    deployed = deployed.cpu()
     with atomic_path(out_onnx) as tmp:
         program = torch.onnx.export(
             deployed,
