@@ -1,13 +1,15 @@
 """Training throughput per tier on the preprocessed cache: images/s, data-wait share, peak memory.
 
-    python benchmarks/train_throughput.py --data results/data --batches 40 [--tiers resnet ...]
+    python benchmarks/train_throughput.py --data results/data --batches 40 [--tiers resnet ...] [--out FILE]
 
 Runs each tier in its own process with the workflow's default settings (workflow_config.yaml,
 overridable with --set key=value on the train section, e.g. --set num_workers=0) for one
-epoch of --batches batches without validation, and prints one row per tier: images/s, the share
-of step time the loop waited for the DataLoader ("data wait"), the share spent on the batched
-colour jitter in the main process ("jitter") and peak memory. The first
---warmup batches are excluded from the rate.
+epoch of --batches batches without validation, once per augmentation path (--paths: "worker",
+per image in the DataLoader workers, and "device", on each batch where the model trains), and
+prints one row per tier and path: images/s, the share of step time the loop waited for the
+DataLoader ("data wait"), the share spent on the batched augmentation in the main process
+("batch aug.") and peak memory. The first --warmup batches are excluded from the rate. --out
+writes the rows as JSON with the command, hardware, date and commit.
 """
 
 import argparse
@@ -20,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(tier: str, data: Path, batches: int, warmup: int, overrides: dict) -> dict:
+def measure(tier: str, data: Path, batches: int, warmup: int, overrides: dict, path: str) -> dict:
     import lightning as L
     import torch
 
@@ -29,8 +31,9 @@ def measure(tier: str, data: Path, batches: int, warmup: int, overrides: dict) -
 
     config = load_config()
     settings = {**tier_settings(config["train"], tier), **overrides}
+    settings["augment"] = {**settings["augment"], "on_device": path == "device"}
     L.seed_everything(0, workers=True)
-    files = {"images": "images.npy", "index": "index.csv", "split": "split.csv", "stats": "norm_stats.json"}
+    files = {"images": "images.npy", "index": "index.csv", "split": "development.csv", "stats": "norm_stats.json"}
     dm, model = build(tier, settings, **{name: str(data / f) for name, f in files.items()})
 
     timer = time_training_steps(dm, model, settings, batches)
@@ -41,12 +44,13 @@ def measure(tier: str, data: Path, batches: int, warmup: int, overrides: dict) -
     ) / 1024
     return {
         "tier": tier,
+        "path": path,
         "image_size": settings["image_size"],
         "precision": resolve_precision(settings["precision"], settings["accelerator"]),
-        "num_workers": settings["num_workers"],
+        "num_workers": dm.num_workers,
         "images_per_s": round(steps * settings["batch_size"] / (wait + jitter + busy), 1),
         "data_wait_pct": round(100 * wait / (wait + jitter + busy), 1),
-        "jitter_pct": round(100 * jitter / (wait + jitter + busy), 1),
+        "batch_augment_pct": round(100 * jitter / (wait + jitter + busy), 1),
         "peak_rss_mb": round(peak_mb),
         "threads": torch.get_num_threads(),
     }
@@ -59,28 +63,55 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--set", nargs="*", default=[], help="train settings to override, key=value (YAML values)")
+    parser.add_argument("--paths", nargs="+", default=["worker", "device"], choices=["worker", "device"])
+    parser.add_argument("--out", type=Path, help="also write the rows, with command and hardware, as JSON")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--path", default="worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     import yaml
 
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.one:
-        print(json.dumps(measure(args.one, Path(args.data), args.batches, args.warmup, overrides)))
+        print(json.dumps(measure(args.one, Path(args.data), args.batches, args.warmup, overrides, args.path)))
         return
     print(
-        f"{'tier':14s} {'size':>4s} {'precision':>10s} {'workers':>7s} "
-        f"{'img/s':>7s} {'data wait %':>11s} {'jitter %':>8s} {'peak MB':>8s}"
+        f"{'tier':14s} {'path':>6s} {'size':>4s} {'precision':>10s} {'workers':>7s} "
+        f"{'img/s':>7s} {'data wait %':>11s} {'batch aug. %':>12s} {'peak MB':>8s}"
     )
+    rows = []
     for tier in args.tiers:
-        cmd = [sys.executable, __file__, "--one", tier, "--data", args.data, "--batches", str(args.batches)]
-        cmd += ["--warmup", str(args.warmup), "--set", *args.set]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        r = json.loads(out)
-        print(
-            f"{r['tier']:14s} {r['image_size']:4d} {r['precision']:>10s} {r['num_workers']:7d} "
-            f"{r['images_per_s']:7.1f} {r['data_wait_pct']:11.1f} {r['jitter_pct']:8.1f} {r['peak_rss_mb']:8d}",
-            flush=True,
-        )
+        for path in args.paths:
+            cmd = [sys.executable, __file__, "--one", tier, "--path", path, "--data", args.data]
+            cmd += ["--batches", str(args.batches), "--warmup", str(args.warmup), "--set", *args.set]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            r = json.loads(out)
+            rows.append(r)
+            print(
+                f"{r['tier']:14s} {r['path']:>6s} {r['image_size']:4d} {r['precision']:>10s} {r['num_workers']:7d} "
+                f"{r['images_per_s']:7.1f} {r['data_wait_pct']:11.1f} {r['batch_augment_pct']:12.1f} "
+                f"{r['peak_rss_mb']:8d}",
+                flush=True,
+            )
+    if args.out:
+        record(args.out, rows, sys.argv)
+
+
+def record(dest: Path, rows: list[dict], argv: list[str]) -> None:
+    from datetime import UTC, datetime
+
+    from skinlesion.io import atomic_path
+    from skinlesion.provenance import cpu_description, git_commit
+
+    result = {
+        "kind": "train_throughput",
+        "rows": rows,
+        "command": "python benchmarks/train_throughput.py " + " ".join(argv[1:]),
+        "hardware": cpu_description(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "commit": git_commit(ROOT),
+    }
+    with atomic_path(dest) as tmp:
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -62,19 +63,42 @@ def test_colour_jitter_differs_per_image_and_spares_evaluation_batches(sample_ru
     assert len({tuple(x.flatten()[:64].tolist()) for x in jittered.round()}) == 8
 
 
+def test_device_augmentation_draws_per_image_from_the_seed_and_reruns_identically(sample_run):
+    """augment.on_device: the workers hand over whole cached frames and the batch is augmented where the
+    model trains: every image of the batch gets its own crop, flips, rotation and colours, the same
+    seed gives the same batch, another seed another."""
+    data = sample_run / "results" / "data"
+    settings = tier_settings(load_config()["train"], "baseline_cnn")
+    files = (str(data / f) for f in ("images.npy", "index.csv", "development.csv", "norm_stats.json"))
+    dm = LesionDataModule(*files, image_size=32, augment=settings["augment"], on_device=True, num_workers=0)
+    frame = dm.dataset("train", train=True)[0][0]
+    assert frame.dtype == torch.uint8 and frame.shape[-1] == int(np.load(data / "images.npy", mmap_mode="r").shape[1])
+    batch = (frame.expand(8, -1, -1, -1).clone(), torch.zeros(8, dtype=torch.long))
+    dm.trainer = type("Trainer", (), {"training": True})()
+
+    def augmented(seed):
+        torch.manual_seed(seed)
+        return dm.on_after_batch_transfer(batch, 0)[0]
+
+    first = augmented(0)
+    assert first.shape == (8, 3, 32, 32) and first.min() >= 0 and first.max() <= 255
+    assert len({tuple(x.flatten()[:256].round().tolist()) for x in first}) == 8
+    assert torch.equal(first, augmented(0)) and not torch.equal(first, augmented(1))
+
+
 def test_step_timer_counts_the_batched_jitter_as_work_not_as_data_wait(sample_run):
     """``time/data_wait_frac`` (and the throughput benchmark) must blame the DataLoader only."""
     data = sample_run / "results" / "data"
     settings = {**tier_settings(load_config()["train"], "baseline_cnn"), "num_workers": 0, "batch_size": 8}
     files = {"images": "images.npy", "index": "index.csv", "split": "split.csv", "stats": "norm_stats.json"}
     dm, model = build("baseline_cnn", settings, **{name: str(data / f) for name, f in files.items()})
-    jitter = dm.color
+    jitter = dm.batch_augment
 
     def slow_jitter(x):
         time.sleep(0.2)
         return jitter(x)
 
-    dm.color = slow_jitter
+    dm.batch_augment = slow_jitter
     timer = time_training_steps(dm, model, {**settings, "accelerator": "cpu"}, batches=4)
     assert len(timer.jitter) == len(timer.wait) == len(timer.busy) == 4
     assert min(timer.jitter) >= 0.2 and sum(timer.jitter) == pytest.approx(dm.jitter_seconds)

@@ -1,9 +1,18 @@
 """Training data: the memory-mapped uint8 cache, augmentation, and the DataModule.
 
-Augmentation runs in two places: the geometric part (torchvision transforms v2) per image in the
-DataLoader worker, and colour jitter (kornia, random strengths per image) on the whole batch in the
-main process. Per-image colour jitter cost the worker about 1 ms an image, and on two cores the
-busy worker halved training throughput; batched it costs about 3 ms a batch of 64.
+Augmentation takes one of two paths (``augment.on_device``):
+
+- in the DataLoader workers (the CPU default): the geometric part (torchvision transforms v2) per
+  image, then colour jitter (kornia, random strengths per image) on the whole batch in the main
+  process. Per-image colour jitter cost the worker about 1 ms an image, and on two cores the busy
+  worker halved training throughput; batched it costs about 3 ms a batch of 64;
+- on the training device (the GPU default): the workers only read cached uint8 frames, and the
+  whole augmentation (random resized crop, flips, 90-degree rotations, affine, colour jitter) runs
+  on each batch where the model trains (kornia), with its own draws for every image. Small
+  networks on a GPU otherwise wait for the CPU workers.
+
+Either way the draws come from the per-epoch seeds (:class:`EpochSampler`, and the global random
+state that :class:`skinlesion.train.fit.EpochSeed` sets), so CPU reruns are byte-identical.
 """
 
 from __future__ import annotations
@@ -49,23 +58,45 @@ def train_transform(size: int, augment: dict) -> v2.Transform:
     return v2.Compose(steps)
 
 
-class BatchColorJitter(torch.nn.Module):
-    """Colour jitter with its own random strengths for each image of a 0-255 NCHW batch (kornia)."""
+class BatchAugment(torch.nn.Module):
+    """kornia augmentations applied to a 0-255 NCHW batch (uint8 or float), each image with its own
+    random draws; returns 0-255 floats."""
 
-    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float):
+    def __init__(self, *steps: torch.nn.Module):
         super().__init__()
-        from kornia.augmentation import ColorJitter
-
-        self.jitter = ColorJitter(brightness, contrast, saturation, hue, p=1.0)
+        self.steps = torch.nn.Sequential(*steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.jitter(x.float() / 255) * 255
+        return self.steps(x.float() / 255) * 255
 
 
-def color_transform(augment: dict) -> BatchColorJitter | None:
-    """The batched colour part of the training augmentation, or None where it is switched off."""
+def _color_jitter(augment: dict) -> list[torch.nn.Module]:
+    from kornia.augmentation import ColorJitter
+
     jitter = augment["color_jitter"]
-    return BatchColorJitter(**jitter) if any(jitter.values()) else None
+    return [ColorJitter(**jitter, p=1.0)] if any(jitter.values()) else []
+
+
+def color_transform(augment: dict) -> BatchAugment | None:
+    """The batched colour part of the worker path's augmentation, or None where it is switched off."""
+    steps = _color_jitter(augment)
+    return BatchAugment(*steps) if steps else None
+
+
+def device_transform(size: int, augment: dict) -> BatchAugment:
+    """The whole training augmentation of the device path: the worker path's steps (:func:`train_transform`
+    and the colour jitter) as kornia modules on a batch of cached frames, ending at ``size``."""
+    import kornia.augmentation as K
+
+    steps = [K.RandomResizedCrop((size, size), scale=(augment["crop_scale_min"], 1.0), ratio=(3 / 4, 4 / 3))]
+    if augment["flip"]:
+        steps += [K.RandomHorizontalFlip(), K.RandomVerticalFlip()]
+    if augment["rot90"]:
+        steps.append(K.RandomRotation90(times=(0, 3), p=1.0))
+    if augment["degrees"] or augment["translate"]:
+        translate = (augment["translate"],) * 2 if augment["translate"] else None
+        steps.append(K.RandomAffine(degrees=augment["degrees"], translate=translate, p=1.0))
+    return BatchAugment(*steps, *_color_jitter(augment))
 
 
 def eval_transform(size: int) -> v2.Transform:
@@ -158,6 +189,7 @@ class LesionDataModule(L.LightningDataModule):
         num_workers: int = 1,
         imbalance: str = "sampler",
         augment: dict,
+        on_device: bool = False,
         seed: int = 0,
     ):
         super().__init__()
@@ -167,9 +199,10 @@ class LesionDataModule(L.LightningDataModule):
         self.labels = labels_for(self.table, task)
         stats = json.loads(Path(stats_json).read_text())
         self.mean, self.std = stats["mean"], stats["std"]
-        self.augment = augment
-        self.color = color_transform(augment)
-        self.jitter_seconds = 0.0  # time spent on the batched colour jitter so far (for the timing callbacks)
+        self.augment, self.on_device = augment, on_device
+        # What runs on each training batch after its transfer: all of the augmentation, or its colour part.
+        self.batch_augment = device_transform(image_size, augment) if on_device else color_transform(augment)
+        self.jitter_seconds = 0.0  # time spent on the batched augmentation so far (for the timing callbacks)
         self.num_classes = len(class_names(task))
 
     def _rows(self, split: str) -> np.ndarray:
@@ -181,7 +214,10 @@ class LesionDataModule(L.LightningDataModule):
 
     def dataset(self, split: str, train: bool = False) -> CacheDataset:
         rows = self._rows(split)
-        transform = train_transform(self.image_size, self.augment) if train else eval_transform(self.image_size)
+        if train:
+            transform = None if self.on_device else train_transform(self.image_size, self.augment)
+        else:
+            transform = eval_transform(self.image_size)
         return CacheDataset(self.images_npy, self.table["row"].to_numpy()[rows], self.labels[rows], transform)
 
     def _loader(self, dataset, **kwargs) -> DataLoader:
@@ -205,11 +241,12 @@ class LesionDataModule(L.LightningDataModule):
         return self._loader(data, sampler=sampler, generator=generator, drop_last=True)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Colour-jitter training batches on the training device; evaluation batches stay as they are."""
-        if self.color is not None and self.trainer is not None and self.trainer.training:
+        """Augment training batches on the training device (all of it, or the colour jitter); evaluation
+        batches stay as they are."""
+        if self.batch_augment is not None and self.trainer is not None and self.trainer.training:
             x, y = batch
             start = time.perf_counter()
-            x = self.color(x)
+            x = self.batch_augment(x)
             self.jitter_seconds += time.perf_counter() - start
             return x, y
         return batch

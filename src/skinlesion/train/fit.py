@@ -162,6 +162,15 @@ class EpochHistory(StepTimer):
             pd.DataFrame(rows).to_csv(tmp, index=False, lineterminator="\n")
 
 
+def augment_on_device(settings: dict) -> bool:
+    """``augment.on_device``: ``auto`` augments on the training device when that is a GPU, in the
+    DataLoader workers on a CPU (which measured faster there: docs/benchmarks.md)."""
+    choice = settings["augment"].get("on_device", "auto")
+    if choice == "auto":
+        return settings["accelerator"] in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return bool(choice)
+
+
 def resolve_workers(num_workers: int | str) -> int:
     """``auto``: one DataLoader worker per thread of the job (torch's thread count, which the rule
     script sets from the job's threads) but one, at least one; else the number as it is."""
@@ -186,6 +195,7 @@ def build(tier: str, settings: dict, *, images, index, split, stats, seed: int =
         num_workers=resolve_workers(settings["num_workers"]),
         imbalance=settings["imbalance"],
         augment=settings["augment"],
+        on_device=augment_on_device(settings),
         seed=seed,
     )
     counts = np.maximum(dm.class_counts(), 1)
