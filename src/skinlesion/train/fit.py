@@ -86,12 +86,13 @@ class EpochSeed(Callback):
 
 
 def jitter_seconds(trainer) -> float:
-    """Time the datamodule has spent on the batched colour jitter, which runs between two steps."""
+    """Time the datamodule has spent on the batched augmentation (the colour jitter, or all of it on the
+    device path), which runs between two steps."""
     return getattr(trainer.datamodule, "jitter_seconds", 0.0)
 
 
 class StepTimer(Callback):
-    """Per training step of the current epoch: the wait for the DataLoader, the batched colour jitter
+    """Per training step of the current epoch: the wait for the DataLoader, the batched augmentation
     (which runs between two steps) and the step itself, in seconds."""
 
     def on_train_epoch_start(self, trainer, pl_module):
