@@ -1,8 +1,6 @@
 # Config validation and the helpers the rules share.
 
-import os
 import re
-import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -12,17 +10,6 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-# Without conda or a container, jobs run the executables of the Python environment that runs
-# Snakemake (nbconvert for the notebook rules), activated or not, and a missing one stops the
-# workflow now, not hours in. With either, each rule's environment brings its own.
-os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-for executable in [] if workflow.deployment_settings.deployment_method else ["jupyter", "jupyter-nbconvert"]:
-    if shutil.which(executable) is None:
-        raise WorkflowError(
-            f"{executable} not found beside {sys.executable} or on PATH: the error-analysis rules need it; "
-            "install the pinned environment (make venv) and run that environment's snakemake"
-        )
-
 # The workflow imports the skinlesion package straight from src/; rule scripts find it through
 # the scripts/skinlesion link (Snakemake puts a script's folder on its path), so no environment
 # (pip, conda, container, cluster node) needs the package installed.
@@ -30,10 +17,15 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 validate(config, schema="../schemas/config.schema.yaml")
 
-from skinlesion.config import ConfigError, check_config, data_files, tier_settings  # noqa: E402
+from skinlesion.config import ConfigError, check_config, data_files, tier_settings, use_own_executables  # noqa: E402
 from skinlesion.train.selection import DEFAULT, variant_settings  # noqa: E402
 
 check_config(config)
+# Without conda or a container, jobs run the executables of the environment that runs Snakemake
+# (nbconvert for the notebook rules), activated or not; a missing one stops the workflow now.
+missing = use_own_executables([] if workflow.deployment_settings.deployment_method else ["jupyter", "jupyter-nbconvert"])
+if missing:
+    raise WorkflowError(missing)
 
 FILES = data_files(config)
 RESULTS = "results"

@@ -75,6 +75,23 @@ def check_training(settings: dict, where: str) -> None:
         )
 
 
+def use_own_executables(needed: list[str]) -> str | None:
+    """Put the folder of the running Python's executables first on PATH, so that the jobs of a
+    Snakemake started as ``.venv/bin/snakemake`` find that environment's tools without activating
+    it; return what to tell the user when one of ``needed`` is still missing, else None."""
+    import shutil
+    import sys
+
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    missing = [name for name in needed if shutil.which(name) is None]
+    if not missing:
+        return None
+    return (
+        f"{', '.join(missing)} not found beside {sys.executable} or on PATH; the error-analysis rules need "
+        "them: install the pinned environment (make venv) and run that environment's snakemake"
+    )
+
+
 def load_config(path: str | os.PathLike = DEFAULT_CONFIG, overrides: dict | None = None) -> dict:
     """Read a config file, apply overrides, validate against the schema and fill defaults."""
     import yaml
