@@ -24,7 +24,7 @@ def fake_lsf(home):
 def test_sample_workflow_runs_through_the_lsf_profile_with_gpu_requests_on_train_only(tmp_path):
     profile = yaml.safe_load((ROOT / "profiles" / "dtu-lsf" / "config.yaml").read_text())
     assert profile["executor"] == "lsf" and profile["set-resources"]["train"]["lsf_queue"] == "gpuv100"
-    assert profile.pop("use-conda") is True  # the only change: no conda binary on these machines
+    assert profile.pop("use-conda") is True  # the only change: no conda binary on the test machines
     profile["seconds-between-status-checks"] = 2
     (tmp_path / "profile").mkdir()
     (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
@@ -89,7 +89,7 @@ def test_gpu_profile_alone_and_with_the_lsf_profile_dry_runs_with_gpus_on_traini
     targets = ["--", "all", "results/selection/baseline_cnn.csv"]
     local = run_snakemake(tmp_path / "local", "-n", "--profile", str(ROOT / "profiles" / "gpu"), *sample_args(*targets))
     profile = yaml.safe_load((ROOT / "profiles" / "dtu-lsf" / "config.yaml").read_text())
-    profile.pop("use-conda")  # no conda binary on these machines
+    profile.pop("use-conda")  # no conda binary on the test machines
     (tmp_path / "lsf").mkdir()
     (tmp_path / "lsf" / "config.yaml").write_text(yaml.safe_dump(profile))
     gpu_config = ROOT / "profiles" / "gpu" / "gpu.yaml"
