@@ -59,3 +59,5 @@ def test_variants_lay_their_keys_over_the_tier_settings():
     assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
     with pytest.raises(ConfigError, match=r"selection.variants.resnet.both: imbalance: both is refused"):
         variant_settings(config["train"], "resnet", "both", {"resnet": {"both": {"imbalance": "both"}}})
+    with pytest.raises(ConfigError, match=r"selection.variants.resnet: no variant 'wide'; configured: \['slim'\]"):
+        variant_settings(config["train"], "resnet", "wide", {"resnet": {"slim": {"lr": 0.01}}})

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinlesion.config import check_training, tier_settings
+from skinlesion.config import ConfigError, check_training, tier_settings
 from skinlesion.evaluate.metrics import summary_scores
 from skinlesion.io import atomic_path
 from skinlesion.tables import development_rows, read_split
@@ -47,7 +47,10 @@ def variant_settings(train_cfg: dict, tier: str, variant: str, variants: dict) -
     else those with the variant's overrides laid over them."""
     settings = tier_settings(train_cfg, tier)
     if variant != DEFAULT:
-        settings = deep_merge(settings, variants[tier][variant])
+        named = variants.get(tier, {})
+        if variant not in named:
+            raise ConfigError(f"selection.variants.{tier}: no variant {variant!r}; configured: {sorted(named)}")
+        settings = deep_merge(settings, named[variant])
     check_training(settings, f"selection.variants.{tier}.{variant}")
     return settings
 
