@@ -40,6 +40,7 @@ rule evaluate_ensemble:
         val_predictions=expand(f"{PREDICTIONS}/{{tier}}_val.csv", tier=TIERS),
         test_predictions=expand(f"{PREDICTIONS}/{{tier}}_test.csv", tier=TIERS),
         metadata=f"{MODELS}/metadata.json" if config["metadata"]["evaluate"] else [],
+        checksums=f"{DATA}/checksums.csv",
         index=CACHE["index"],
         split=CACHE["split"],
     output:
