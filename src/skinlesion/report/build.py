@@ -84,7 +84,7 @@ def comparison_table(
             if "metadata" in block:
                 row["caveat"] += "; image + age, sex, body site (naive Bayes)"
             rows.append(row)
-    table = pd.DataFrame(rows + ANCHORS)
+    table = with_integers(pd.DataFrame(rows + ANCHORS))
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False, lineterminator="\n")
     return table
