@@ -22,7 +22,7 @@ def test_folds_hold_whole_lesions_of_the_development_data_only(selection, sample
     assert sorted(folds["image_id"]) == sorted(development["image_id"])
     assert folds.groupby("lesion_id")["fold"].nunique().max() == 1
     assert sorted(folds["fold"].unique()) == [0, 1, 2]
-    for variant in ("default", "logit_adjust", "mixup"):
+    for variant in ("default", "logit_adjust", "no_mixup"):
         held_out = [
             pd.read_csv(selection / "baseline_cnn" / variant / f"fold{k}" / "predictions.csv") for k in range(3)
         ]
@@ -32,19 +32,19 @@ def test_folds_hold_whole_lesions_of_the_development_data_only(selection, sample
 
 def test_selection_table_has_per_fold_and_mean_sd_rows_and_no_test_number(selection, sample_run):
     table = pd.read_csv(selection / "baseline_cnn.csv", dtype={"fold": str})
-    assert list(table["variant"].unique()) == ["default", "logit_adjust", "mixup"]
+    assert list(table["variant"].unique()) == ["default", "logit_adjust", "no_mixup"]
     assert set(table["fold"]) == {"0", "1", "2", "mean", "sd"}
     per_fold = table[table["fold"].isin(["0", "1", "2"])]
     assert len(per_fold) == 9 and per_fold["balanced_accuracy"].between(0, 1).all()
     assert (table.loc[table["variant"] == "default", ["delta_balanced_accuracy", "delta_malignant_auroc"]] == 0).all(
         axis=None
     )
-    mixup = per_fold[per_fold["variant"] == "mixup"].set_index("fold")
+    other = per_fold[per_fold["variant"] == "no_mixup"].set_index("fold")
     default = per_fold[per_fold["variant"] == "default"].set_index("fold")
-    delta = (mixup["malignant_auroc"] - default["malignant_auroc"]).round(4)
-    pd.testing.assert_series_equal(delta, mixup["delta_malignant_auroc"].round(4), check_names=False)
+    delta = (other["malignant_auroc"] - default["malignant_auroc"]).round(4)
+    pd.testing.assert_series_equal(delta, other["delta_malignant_auroc"].round(4), check_names=False)
     means = table[table["fold"] == "mean"].set_index("variant")
-    assert means.loc["mixup", "balanced_accuracy"] == pytest.approx(mixup["balanced_accuracy"].mean(), abs=1e-4)
+    assert means.loc["no_mixup", "balanced_accuracy"] == pytest.approx(other["balanced_accuracy"].mean(), abs=1e-4)
     # Every image scored in selection is a development image: the held-out folds add up to train + val.
     split = pd.read_csv(sample_run / "results" / "data" / "split.csv")
     assert means.loc["default", "n_images"] == (split["split"] != "test").sum()
