@@ -88,7 +88,7 @@ def test_temperature_scaling_recovers_a_known_temperature():
 
 def test_export_refuses_a_model_that_onnx_runtime_does_not_reproduce(sample_run, tmp_path):
     data = sample_run / "results" / "data"
-    args = [data / "images.npy", data / "index.csv", data / "split.csv", tmp_path / "m.onnx", tmp_path / "m.json"]
+    args = [data / "images.npy", data / "index.csv", data / "development.csv", tmp_path / "m.onnx", tmp_path / "m.json"]
     with pytest.raises(RuntimeError, match="ONNX Runtime and PyTorch differ"):
         export_tier(str(sample_run / "results/models/baseline_cnn/best.ckpt"), *args, tier="x", tolerance=1e-15)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
@@ -97,7 +97,7 @@ def test_export_refuses_a_model_that_onnx_runtime_does_not_reproduce(sample_run,
 def test_torch_load_is_always_weights_only():
     calls = [
         (path.relative_to(ROOT), line.strip())
-        for path in [*ROOT.glob("src/skinlesion/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("benchmarks/*.py")]
+        for path in [*ROOT.glob("src/skinlesion/**/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("benchmarks/*.py")]
         for line in path.read_text().splitlines()
         if re.search(r"torch\.load\(|load_from_checkpoint\(", line)
     ]
