@@ -46,7 +46,7 @@ def test_colour_jitter_differs_per_image_and_spares_evaluation_batches(sample_ru
     data = sample_run / "results" / "data"
     settings = tier_settings(load_config()["train"], "baseline_cnn")
     dm = LesionDataModule(
-        *(str(data / f) for f in ("images.npy", "index.csv", "split.csv", "norm_stats.json")),
+        *(str(data / f) for f in ("images.npy", "index.csv", "development.csv", "norm_stats.json")),
         image_size=settings["image_size"],
         augment=settings["augment"],
         num_workers=0,
@@ -90,7 +90,7 @@ def test_step_timer_counts_the_batched_jitter_as_work_not_as_data_wait(sample_ru
     """``time/data_wait_frac`` (and the throughput benchmark) must blame the DataLoader only."""
     data = sample_run / "results" / "data"
     settings = {**tier_settings(load_config()["train"], "baseline_cnn"), "num_workers": 0, "batch_size": 8}
-    files = {"images": "images.npy", "index": "index.csv", "split": "split.csv", "stats": "norm_stats.json"}
+    files = {"images": "images.npy", "index": "index.csv", "split": "development.csv", "stats": "norm_stats.json"}
     dm, model = build("baseline_cnn", settings, **{name: str(data / f) for name, f in files.items()})
     jitter = dm.batch_augment
 
