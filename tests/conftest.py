@@ -1,5 +1,6 @@
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -54,6 +55,20 @@ def mirror_run(tmp_path_factory, mirror) -> Path:
     workdir = tmp_path_factory.mktemp("mirror_run")
     run_snakemake(workdir, "--config", f"data_dir={mirror}", "--", "data")
     return workdir
+
+
+def dry_run_jobs(output: str, field: str) -> dict[str, list[str | None]]:
+    """rule -> one entry per job of a dry run's printed plan: that job's ``field`` line (``input``,
+    ``resources``, ...), or None where the job prints none."""
+    jobs: dict[str, list[str | None]] = {}
+    rule = None
+    for line in output.splitlines():
+        if match := re.match(r"(?:local)?rule (\w+):$", line):
+            rule = match.group(1)
+            jobs.setdefault(rule, []).append(None)
+        elif rule and (match := re.match(rf"\s+{field}: (.*)$", line)):
+            jobs[rule][-1] = match.group(1)
+    return jobs
 
 
 def sample_args(*extra: str, configfiles: tuple = ()) -> list[str]:

@@ -6,7 +6,7 @@ import shlex
 
 import yaml
 
-from conftest import ROOT, run_snakemake, sample_args
+from conftest import ROOT, dry_run_jobs, run_snakemake, sample_args
 
 LSF_COMMANDS = ("bsub", "bjobs", "bkill", "badmin", "lsclusters", "bhist")
 GPU_REQUEST = ["-gpu", "num=1:mode=exclusive_process"]
@@ -71,18 +71,6 @@ def test_gpu_request_is_sized_from_train_devices(tmp_path):
     assert "gpu=0" in out.stdout and "-gpu" not in out.stdout
 
 
-def job_resources(output: str) -> dict[str, list[str]]:
-    """rule -> the resources line of each of its jobs in a dry run's output."""
-    jobs: dict[str, list[str]] = {}
-    rule = None
-    for line in output.splitlines():
-        if match := re.match(r"(?:local)?rule (\w+):$", line):
-            rule = match.group(1)
-        elif rule and (match := re.match(r"\s+resources: (.*)$", line)):
-            jobs.setdefault(rule, []).append(match.group(1))
-    return jobs
-
-
 def test_gpu_profile_alone_and_with_the_lsf_profile_dry_runs_with_gpus_on_training_jobs_only(tmp_path):
     """profiles/gpu on one machine, and its settings with profiles/dtu-lsf: both dry-run cleanly; only
     the training jobs (train, cv_fold) ask for the GPU, and on LSF they go to the GPU queue."""
@@ -101,11 +89,11 @@ def test_gpu_profile_alone_and_with_the_lsf_profile_dry_runs_with_gpus_on_traini
         *sample_args(*targets, configfiles=(gpu_config,)),
     )
     for proc, queue in ((local, None), (cluster, "lsf_queue=gpuv100")):
-        jobs = job_resources(proc.stdout + proc.stderr)
+        jobs = dry_run_jobs(proc.stdout + proc.stderr, "resources")
         assert {"train", "cv_fold", "evaluate", "export"} <= set(jobs)
         for rule, lines in jobs.items():
             training = rule in ("train", "cv_fold")
-            for line in lines:
+            for line in filter(None, lines):
                 assert ("gpu=1" in line.split(", ")) == training, (rule, line)
                 assert ('lsf_extra=-gpu "num=1:mode=exclusive_process"' in line) == training, (rule, line)
                 if queue:

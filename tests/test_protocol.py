@@ -2,14 +2,13 @@
 path is given, or depends on, a test image or label (docs/evaluation.md)."""
 
 import json
-import re
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_snakemake, sample_args
+from conftest import dry_run_jobs, run_snakemake, sample_args
 from skinlesion import CLASSES, MALIGNANT
 from skinlesion.config import load_config, tier_settings
 from skinlesion.data.split import channel_stats
@@ -81,15 +80,8 @@ def test_every_development_step_refuses_the_full_split_table(sample_run, tmp_pat
 def dry_run_inputs(workdir) -> dict[str, set[str]]:
     """Every job of a forced dry run of the report and the selection targets: rule -> its input files."""
     proc = run_snakemake(workdir, "-n", "--forceall", *sample_args("--", "all", "results/selection/baseline_cnn.csv"))
-    inputs: dict[str, set[str]] = {}
-    rule = None
-    for line in (proc.stdout + proc.stderr).splitlines():
-        if match := re.match(r"(?:local)?rule (\w+):$", line):
-            rule = match.group(1)
-            inputs.setdefault(rule, set())
-        elif rule and (match := re.match(r"\s+input: (.*)$", line)):
-            inputs[rule].update(match.group(1).split(", "))
-    return inputs
+    jobs = dry_run_jobs(proc.stdout + proc.stderr, "input")
+    return {rule: {f for line in lines if line for f in line.split(", ")} for rule, lines in jobs.items()}
 
 
 def test_only_the_evaluate_rules_read_the_full_split_table(tmp_path):
