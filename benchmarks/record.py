@@ -19,7 +19,7 @@ import pandas as pd
 
 from skinlesion.config import load_config
 from skinlesion.io import atomic_path
-from skinlesion.provenance import cpu_description, git_commit
+from skinlesion.provenance import git_commit, measurement
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,18 +31,22 @@ def record_selection(results: Path, tier: str, command: str, commit: str) -> dic
     benchmarks.append(results / "benchmarks" / "select" / f"{tier}.tsv")
     seconds = sum(pd.read_csv(path, sep="\t")["s"].sum() for path in benchmarks)
     written = datetime.fromtimestamp((results / "selection" / f"{tier}.csv").stat().st_mtime, UTC)
+    # The table names its variants; their settings come from the configuration, which must be the run's.
+    variants = load_config()["selection"]["variants"].get(tier, {})
+    if set(table["variant"]) != {"default", *variants}:
+        raise SystemExit(
+            f"{results}/selection/{tier}.csv compares {sorted(set(table['variant']))}, but workflow_config.yaml "
+            f"configures {sorted(variants)}: record a run from a checkout of the commit it ran at"
+        )
     return {
         "kind": "selection",
         "tier": tier,
         "folds": int(per_fold["fold"].nunique()),
-        "variants": load_config()["selection"]["variants"].get(tier, {}),
+        "variants": variants,
         "rows": json.loads(table.to_json(orient="records")),
         "trainings": len(per_fold),
         "wall_minutes": round(seconds / 60, 1),
-        "command": command,
-        "hardware": cpu_description(),
-        "date": written.strftime("%Y-%m-%d"),
-        "commit": commit,
+        **measurement(command, commit, written),
     }
 
 

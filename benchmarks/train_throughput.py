@@ -97,19 +97,11 @@ def main() -> None:
 
 
 def record(dest: Path, rows: list[dict], argv: list[str]) -> None:
-    from datetime import UTC, datetime
-
     from skinlesion.io import atomic_path
-    from skinlesion.provenance import cpu_description, git_commit
+    from skinlesion.provenance import git_commit, measurement
 
-    result = {
-        "kind": "train_throughput",
-        "rows": rows,
-        "command": "python benchmarks/train_throughput.py " + " ".join(argv[1:]),
-        "hardware": cpu_description(),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "commit": git_commit(ROOT),
-    }
+    command = "python benchmarks/train_throughput.py " + " ".join(argv[1:])
+    result = {"kind": "train_throughput", "rows": rows, **measurement(command, git_commit(ROOT))}
     with atomic_path(dest) as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
 

@@ -104,6 +104,16 @@ def cpu_description() -> str:
     return f"{cpu}, {os.cpu_count()} logical cores, {bf16}"
 
 
+def measurement(command: str, commit: str, when: datetime | None = None) -> dict:
+    """What a results file under benchmarks/results/ records of its measurement (the docs render it)."""
+    return {
+        "command": command,
+        "hardware": cpu_description(),
+        "date": (when or datetime.now(UTC)).strftime("%Y-%m-%d"),
+        "commit": commit,
+    }
+
+
 def run_provenance(config: dict, workflow_dir: str | os.PathLike, checksums_csv: str | os.PathLike) -> dict:
     """Everything in :func:`result_provenance`, plus the time, platform and hardware of this run."""
     import torch
