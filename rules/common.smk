@@ -15,10 +15,19 @@ min_version("9.0")
 # (pip, conda, container, cluster node) needs the package installed.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-validate(config, schema="../schemas/config.schema.yaml")
-
-from skinlesion.config import ConfigError, check_config, data_files, tier_settings, use_own_executables  # noqa: E402
+from skinlesion.config import (  # noqa: E402
+    ConfigError,
+    check_config,
+    data_files,
+    tier_settings,
+    typed_config,
+    use_own_executables,
+)
 from skinlesion.train.selection import DEFAULT, variant_settings  # noqa: E402
+
+# A nested --config value ('export={quantize: true}') arrives as strings; type it by the schema.
+config.update(typed_config(config))
+validate(config, schema="../schemas/config.schema.yaml")
 
 check_config(config)
 # Without conda or a container, jobs run the executables of the environment that runs Snakemake

@@ -5,8 +5,8 @@ import copy
 import pytest
 import yaml
 
-from conftest import ROOT, SAMPLE, run_snakemake
-from skinlesion.config import ConfigError, load_config
+from conftest import ROOT, SAMPLE, SAMPLE_CONFIG, run_snakemake
+from skinlesion.config import ConfigError, load_config, typed_config
 
 
 def _dry_run(tmp_path, extra: dict):
@@ -105,3 +105,23 @@ def test_train_jobs_request_gpus_from_the_config(tmp_path):
     assert "gpu=1," in dry({})
     assert "gpu=2," in dry({"train": {"devices": 2}})
     assert "gpu=0," in dry({"train": {"accelerator": "cpu"}})
+
+
+def test_nested_command_line_values_get_the_types_the_schema_names(tmp_path):
+    """Snakemake reads 'export={quantize: true}' with YAML's BaseLoader (every scalar a string)."""
+    typed = typed_config(
+        {
+            "seed": "forty-two",
+            "export": {"quantize": "true", "calibration_images": "64"},
+            "train": {"num_workers": "2", "resnet": {"epochs": "3", "precision": "32-true"}},
+            "selection": {"variants": {"resnet": {"short": {"epochs": "4", "mixup_alpha": "0.2"}}}},
+        }
+    )
+    assert typed["export"] == {"quantize": True, "calibration_images": 64}
+    assert typed["train"] == {"num_workers": 2, "resnet": {"epochs": 3, "precision": "32-true"}}
+    assert typed["selection"]["variants"]["resnet"]["short"] == {"epochs": 4, "mixup_alpha": 0.2}
+    assert typed["seed"] == "forty-two"  # still refused, by the schema, with its message
+    proc = run_snakemake(
+        tmp_path, "-n", "--configfile", str(SAMPLE_CONFIG), "--config", f"data_dir={SAMPLE}", "export={quantize: true}"
+    )
+    assert "results/export/resnet/model.int8.onnx" in proc.stdout

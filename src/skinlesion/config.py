@@ -92,6 +92,55 @@ def use_own_executables(needed: list[str]) -> str | None:
     )
 
 
+def _resolved(schema: dict, root: dict) -> list[dict]:
+    """``schema`` with its local ``$ref`` and its ``allOf`` parts, each a plain schema."""
+    if "$ref" in schema:
+        target = root["definitions"][schema["$ref"].rsplit("/", 1)[-1]]
+        schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return [schema] + [part for sub in schema.get("allOf", []) for part in _resolved(sub, root)]
+
+
+def typed_command_line(value, schema: dict, root: dict):
+    """``value`` with every string the schema refuses replaced by the YAML value it spells, where the
+    schema accepts that one.
+
+    Snakemake reads a nested ``--config`` value (``'export={quantize: true}'``) with YAML's BaseLoader,
+    so all its scalars arrive as strings ('true', '3'), which the schema would refuse."""
+    import yaml
+    from jsonschema.validators import validator_for
+
+    parts = _resolved(schema, root)
+    if isinstance(value, dict):
+        children = {k: v for part in parts for k, v in part.get("properties", {}).items()}
+        extra = next(
+            (p["additionalProperties"] for p in parts if isinstance(p.get("additionalProperties"), dict)), None
+        )
+        subschemas = {k: children.get(k, extra) for k in value}
+        return {k: typed_command_line(v, subschemas[k], root) if subschemas[k] else v for k, v in value.items()}
+    if isinstance(value, list):
+        items = next((p["items"] for p in parts if isinstance(p.get("items"), dict)), None)
+        return [typed_command_line(v, items, root) for v in value] if items else value
+    if isinstance(value, str):
+        leaf = {**schema, "definitions": root.get("definitions", {})}
+        validator = validator_for(root)(leaf)
+        if not validator.is_valid(value):
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+            return parsed if validator.is_valid(parsed) else value
+    return value
+
+
+def typed_config(config: dict) -> dict:
+    """The workflow's ``config`` with the strings of nested ``--config`` values typed
+    (:func:`typed_command_line`) against schemas/config.schema.yaml."""
+    import yaml
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    return typed_command_line(config, schema, schema)
+
+
 def load_config(path: str | os.PathLike = DEFAULT_CONFIG, overrides: dict | None = None) -> dict:
     """Read a config file, apply overrides, validate against the schema and fill defaults."""
     import yaml
