@@ -8,9 +8,12 @@ reports the median single-image latency (batch of 1, ``--single`` calls) and the
 throughput (``--batch`` images per call, ``--repeats`` calls) of
 
 - PyTorch eager: the checkpoint in fp32 with its temperature (what ``Deployed`` exports), and
-- ONNX Runtime: the exported file through :class:`skinlesion.inference.OnnxClassifier`,
+- ONNX Runtime: the exported file through :class:`skinlesion.inference.OnnxClassifier`, and its
+  static int8 model where the export made one (``export.quantize``),
 
-both with the same number of threads, and the largest absolute difference of their probabilities.
+all with the same number of threads, the largest absolute difference of their probabilities, and
+for int8 the validation scores its contract states beside the fp32 model's. ``--out`` writes the
+rows as JSON with the command, hardware, date and commit (docs/benchmarks.md renders it).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +32,8 @@ from skinlesion.serve.export import Deployed
 from skinlesion.serve.inference import OnnxClassifier, to_input
 from skinlesion.tables import load_development_table
 from skinlesion.train.module import load_classifier
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(fn, repeats: int, warmup: int) -> list[float]:
@@ -64,21 +70,29 @@ def bench_tier(run_dir: Path, tier: str, args) -> dict:
             "eager_single_ms": timed(eager(x_single), args.single, 10),
             "eager_batch_s": timed(eager(x_batch), args.repeats, 2),
         }
-    results["onnx_single_ms"] = timed(lambda: clf.probabilities(single), args.single, 10)
-    results["onnx_batch_s"] = timed(lambda: clf.probabilities(batch), args.repeats, 2)
-    diff = float(np.abs(clf.probabilities(batch) - eager_probs).max())
+    engines = {"onnx": clf}
+    if "int8" in contract:
+        engines["int8"] = OnnxClassifier(export, threads=args.threads, precision="int8")
+    for name, engine in engines.items():
+        results[f"{name}_single_ms"] = timed(lambda e=engine: e.probabilities(single), args.single, 10)
+        results[f"{name}_batch_s"] = timed(lambda e=engine: e.probabilities(batch), args.repeats, 2)
     med = {k: statistics.median(v) for k, v in results.items()}
-    return {
+    row = {
         "tier": tier,
         "input": clf.input_size,
+        "images": len(batch),
         "eager_single_ms": round(med["eager_single_ms"] * 1e3, 2),
-        "onnx_single_ms": round(med["onnx_single_ms"] * 1e3, 2),
-        "eager_img_per_s": round(len(batch) / med["eager_batch_s"], 1),
-        "onnx_img_per_s": round(len(batch) / med["onnx_batch_s"], 1),
-        "throughput_ratio": round(med["eager_batch_s"] / med["onnx_batch_s"], 2),
-        "latency_ratio": round(med["eager_single_ms"] / med["onnx_single_ms"], 2),
-        "max_abs_diff": diff,
     }
+    row["eager_img_per_s"] = round(len(batch) / med["eager_batch_s"], 1)
+    for name, engine in engines.items():
+        row[f"{name}_single_ms"] = round(med[f"{name}_single_ms"] * 1e3, 2)
+        row[f"{name}_img_per_s"] = round(len(batch) / med[f"{name}_batch_s"], 1)
+        row[f"{name}_throughput_ratio"] = round(med["eager_batch_s"] / med[f"{name}_batch_s"], 2)
+        row[f"{name}_latency_ratio"] = round(med["eager_single_ms"] / med[f"{name}_single_ms"], 2)
+        row[f"{name}_max_abs_diff"] = float(np.abs(engine.probabilities(batch) - eager_probs).max())
+    if "int8" in contract:
+        row["int8_validation"] = contract["int8"]["validation"]
+    return row
 
 
 def main() -> None:
@@ -92,14 +106,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [bench_tier(args.run_dir, tier, args) for tier in args.tiers]
-    header = list(rows[0])
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(str(row[h]) for h in header) + " |")
+    rows = []
+    for tier in args.tiers:
+        rows.append(bench_tier(args.run_dir, tier, args))
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "int8_validation"}), flush=True)
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+        from skinlesion.io import atomic_path
+        from skinlesion.provenance import git_commit, measurement
+
+        command = "python benchmarks/inference.py " + " ".join(sys.argv[1:])
+        record = {"kind": "inference", "threads": args.threads, "rows": rows, **measurement(command, git_commit(ROOT))}
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

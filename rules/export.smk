@@ -10,10 +10,12 @@ rule export:
     output:
         onnx=f"{EXPORT}/{{tier}}/model.onnx",
         contract=f"{EXPORT}/{{tier}}/model.json",
+        **({"int8": f"{EXPORT}/{{tier}}/model.int8.onnx"} if config["export"]["quantize"] else {}),
     params:
         target_sensitivity=config["evaluate"]["target_sensitivity"],
         calibrate=config["export"]["calibrate"],
         tolerance=config["export"]["tolerance"],
+        calibration_images=config["export"]["calibration_images"],
         device=config["evaluate"]["device"],
     wildcard_constraints:
         tier="|".join(TIERS),

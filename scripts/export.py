@@ -19,4 +19,6 @@ with log_to(snakemake.log[0]):
         tolerance=snakemake.params.tolerance,
         provenance=job_provenance(snakemake),
         device=snakemake.params.device,
+        out_int8=snakemake.output.get("int8"),
+        calibration_images=snakemake.params.calibration_images,
     )

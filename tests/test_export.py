@@ -2,6 +2,9 @@
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +15,7 @@ from torchvision.transforms import v2
 from conftest import FULLRES, ROOT, need
 from skinlesion import MALIGNANT
 from skinlesion.evaluate.metrics import sens_spec
+from skinlesion.rendered import inference
 from skinlesion.serve.export import Deployed, export_tier, fit_temperature, sha256, weights_sha256
 from skinlesion.serve.inference import OnnxClassifier, decode, to_input
 from skinlesion.tables import load_development_table
@@ -103,3 +107,90 @@ def test_torch_load_is_always_weights_only():
     ]
     assert calls, "the search finds the loaders"
     assert all("weights_only=True" in line for _, line in calls), calls
+
+
+def val_inputs(sample_run, clf: OnnxClassifier) -> tuple[pd.DataFrame, np.ndarray]:
+    data = sample_run / "results" / "data"
+    table = load_development_table(data / "index.csv", data / "development.csv")
+    val = table[table["split"] == "val"]
+    cache = np.load(data / "images.npy", mmap_mode="r")
+    return val, np.stack([to_input(np.asarray(cache[r]), clf.input_size) for r in val["row"]])
+
+
+@pytest.fixture(scope="module")
+def int8_run(sample_run, tmp_path_factory) -> Path:
+    """A run folder (the sample run's data and models) whose resnet export has an int8 model."""
+    run = tmp_path_factory.mktemp("int8_run")
+    (run / "results").mkdir()
+    for part in ("data", "models"):
+        (run / "results" / part).symlink_to(sample_run / "results" / part)
+    data, export = run / "results" / "data", run / "results" / "export" / "resnet"
+    export_tier(
+        str(sample_run / "results/models/resnet/best.ckpt"),
+        *(data / f for f in ("images.npy", "index.csv", "development.csv")),
+        export / "model.onnx",
+        export / "model.json",
+        tier="resnet",
+        out_int8=export / "model.int8.onnx",
+        calibration_images=64,
+    )
+    return run
+
+
+def test_int8_export_states_what_quantization_changes_on_validation(sample_run, int8_run):
+    import onnx
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    export = int8_run / "results" / "export" / "resnet"
+    contract = json.loads((export / "model.json").read_text())
+    int8 = contract["int8"]
+    assert int8["onnx_sha256"] == sha256(export / "model.int8.onnx")
+    assert int8["calibration"] == {"split": "train", "images": 64, "method": "min-max", "format": "QDQ"}
+    graph = onnx.load(export / "model.int8.onnx").graph
+    ops = [node.op_type for node in graph.node]
+    assert "QuantizeLinear" in ops and any(init.data_type == onnx.TensorProto.INT8 for init in graph.initializer)
+    assert ops[-1] == "Softmax"  # the probabilities are computed in float, after the last dequantization
+
+    # The stated validation scores are those of each model's own probabilities, at its own threshold.
+    for precision in ("fp32", "int8"):
+        clf = OnnxClassifier(export, precision=precision)
+        val, x = val_inputs(sample_run, clf)
+        probs = clf.probabilities(x)
+        p_malignant = clf.p_malignant(probs)
+        y = val["dx"].map(clf.class_names.index).to_numpy()
+        scores = int8["validation"][precision]
+        assert balanced_accuracy_score(y, probs.argmax(1)) == pytest.approx(scores["balanced_accuracy"])
+        assert roc_auc_score(val["malignant"], p_malignant) == pytest.approx(scores["malignant_auroc"])
+        sensitivity, _ = sens_spec(val["malignant"].to_numpy(), p_malignant, clf.threshold)
+        assert sensitivity >= contract["threshold_selection"]["target_sensitivity"]
+    assert clf.threshold == int8["operating_threshold"] and "int8" in clf.version
+    assert 0 < int8["validation"]["max_abs_diff"] < 1  # quantized, so not identical, but the same model
+
+
+def test_int8_needs_an_export_made_with_quantize(sample_run):
+    with pytest.raises(ValueError, match=r"model\.json: no int8 model"):
+        OnnxClassifier(sample_run / "results" / "export" / "resnet", precision="int8")
+
+
+def test_inference_benchmark_writes_a_results_file_the_docs_render(int8_run, tmp_path):
+    out = tmp_path / "inference.json"
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "inference.py"),
+        "--run-dir",
+        str(int8_run),
+        "--tiers",
+        "resnet",
+    ]
+    subprocess.run([*command, "--batch", "8", "--repeats", "2", "--single", "3", "--out", str(out)], check=True)
+    record = json.loads(out.read_text())
+    (row,) = record["rows"]
+    assert record["kind"] == "inference" and record["threads"] == 2 and row["images"] == 8
+    assert row["onnx_max_abs_diff"] < 1e-4  # the fp32 export reproduces eager PyTorch
+    assert (
+        row["int8_validation"]
+        == json.loads((int8_run / "results/export/resnet/model.json").read_text())["int8"]["validation"]
+    )
+    table = inference(record)
+    assert f"{row['onnx_img_per_s']:.0f} ({row['onnx_throughput_ratio']:.2f}×)" in table
+    assert f"{row['int8_img_per_s']:.0f} ({row['int8_throughput_ratio']:.2f}×)" in table

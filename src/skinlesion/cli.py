@@ -50,7 +50,11 @@ def _serve(args: argparse.Namespace) -> None:
     from skinlesion.serve.service import create_app
 
     app = create_app(
-        args.model, max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files, threads=args.threads
+        args.model,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_files=args.max_files,
+        threads=args.threads,
+        precision=args.precision,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
@@ -103,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body (default: %(default)s)")
     p.add_argument("--max-files", type=int, default=64, help="most images per request (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "int8"), help="int8: the export's static int8 model")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("app", help="the Streamlit app on an exported tier")

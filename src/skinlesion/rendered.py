@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -81,17 +82,173 @@ def selection(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-RENDERERS = {"selection": selection}
+def _ci(block: dict, metric: str) -> str:
+    m = block["metrics"][metric]
+    return f"{m['value']:.3f} ({m['ci_low']:.3f}–{m['ci_high']:.3f})"
+
+
+def _pair(block: dict | None, metrics=("balanced_accuracy", "malignant_auroc"), ci: bool = False) -> str:
+    if block is None:
+        return "—"
+    if "metrics" in block:
+        return " / ".join(_ci(block, m) if ci else f"{block['metrics'][m]['value']:.3f}" for m in metrics)
+    return " / ".join(f"{block[m]:.3f}" for m in metrics)
+
+
+def _run_caption(record: dict) -> str:
+    test = record["models"][0]["test"]
+    return (
+        f"`{record['command']}`: one run from raw data to report, {record['wall_minutes']:.1f} min of wall time, "
+        f"{record['hardware']}, commit {record['commit'][:10]}, {record['date']}. Test split: {test['n_images']:,} "
+        f"images of {test['n_lesions']:,} lesions; 95 % CIs from lesion-bootstrap resamples; "
+        f"{'8-fold test-time augmentation; ' if record['tta'] else ''}malignant threshold chosen on the validation "
+        f"split for ≥ {record['target_sensitivity']:.0%} sensitivity. Recommended by validation balanced accuracy: "
+        f"{record['recommended']}."
+    )
+
+
+def _shape(model: dict) -> str:
+    return f"{model['image_size']} px, {model['epochs']}" if "epochs" in model else "—"
+
+
+def workflow(record: dict) -> str:
+    """The headline table of a whole workflow run (``benchmarks/record.py workflow``)."""
+    lines = [
+        "| model | input, epochs | validation: bal. acc. / malignant AUROC | test: bal. acc. (95 % CI) "
+        "| test: malignant AUROC (95 % CI) | test: sens. / spec. | test + metadata: bal. acc. / malignant AUROC "
+        "| per lesion + metadata: bal. acc. / malignant AUROC |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model in record["models"]:
+        test = model["test"]
+        sens_spec = _pair(test, ("sensitivity", "specificity"))
+        cells = [model["model"], _shape(model), _pair(model.get("validation")), _ci(test, "balanced_accuracy")]
+        cells += [_ci(test, "malignant_auroc"), sens_spec, _pair(model.get("test_with_metadata"))]
+        cells.append(_pair(model.get("test_with_metadata_per_lesion")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + _run_caption(record) + "\n"
+
+
+def workflow_per_lesion(record: dict) -> str:
+    """Per-image against per-lesion scores of a workflow run, each lesion scored once."""
+    lines = [
+        "| model | per image: bal. acc. / malignant AUROC | per lesion: bal. acc. / malignant AUROC (95 % CI) "
+        "| per lesion + metadata (95 % CI) | per lesion + metadata: sens. / spec. |",
+        "|---|---|---|---|---|",
+    ]
+    for model in record["models"]:
+        meta = model.get("test_with_metadata_per_lesion")
+        cells = [model["model"], _pair(model["test"]), _pair(model["test_per_lesion"], ci=True)]
+        cells += [_pair(meta, ci=True), _pair(meta, ("sensitivity", "specificity"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    test = record["models"][0]["test_per_lesion"]
+    return "\n".join(lines) + f"\n\n{test['n_lesions']:,} test lesions, each once. " + _run_caption(record) + "\n"
+
+
+def workflow_runtime(record: dict) -> str:
+    """Where a workflow run's time and memory went, per tier (Snakemake's benchmark files, history.csv)."""
+    lines = [
+        "| tier | input, epochs | train rule | median epoch (range) | data wait (median epoch) | train peak RSS "
+        "| evaluate rule |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model in record["models"]:
+        if "train" in model:
+            low, high = model["epoch_s_range"]
+            cells = [model["model"], _shape(model), f"{model['train']['minutes']:.1f} min"]
+            cells += [f"{model['median_epoch_s']:.1f} s ({low}–{high})", f"{model['data_wait_pct']:.1f} %"]
+            cells += [f"{model['train']['peak_rss_mb']:,} MB", f"{model['evaluate']['minutes']:.1f} min"]
+        else:
+            cells = [model["model"], "—", "—", "—", "—", "—", f"{model['evaluate']['minutes']:.1f} min"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return (
+        "\n".join(lines)
+        + f"\n\nThe whole run: {record['wall_minutes']:.1f} min, driver peak RSS {record['driver_peak_rss_mb']:,} MB. "
+        + _run_caption(record)
+        + "\n"
+    )
+
+
+def train_throughput(record: dict) -> str:
+    """Training throughput per tier and augmentation path (``benchmarks/train_throughput.py --out``)."""
+    lines = [
+        "| tier | augmentation | input | precision | images/s | data wait | batch augmentation | peak RSS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        runs = r.get("runs", [r["images_per_s"]])
+        rate = f"{r['images_per_s']:.0f}" + (f" ({', '.join(f'{x:.0f}' for x in runs)})" if len(runs) > 1 else "")
+        cells = [r["tier"], r["path"], f"{r['image_size']} px", r["precision"], rate]
+        cells += [f"{r['data_wait_pct']:.1f} %", f"{r['batch_augment_pct']:.1f} %", f"{r['peak_rss_mb']:,} MB"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return (
+        "\n".join(lines)
+        + f"\n\n`{record['command']}`, {record['hardware']}, commit {record['commit'][:10]}, {record['date']}.\n"
+    )
+
+
+def inference(record: dict) -> str:
+    """Inference speed per exported tier: eager PyTorch, ONNX Runtime, its int8 model (``benchmarks/inference.py``)."""
+    int8 = any("int8_img_per_s" in r for r in record["rows"])
+    header = "| tier | input | eager: images/s | ONNX Runtime: images/s (× eager) | single image: eager / ONNX"
+    header += (
+        " | int8: images/s (× eager) | int8 on validation: Δ bal. acc. / Δ malignant AUROC, argmax agreement |"
+        if int8
+        else " |"
+    )
+    lines = [header, "|---|---|---|---|---|" + ("---|---|" if int8 else "")]
+    for r in record["rows"]:
+        cells = [r["tier"], f"{r['input']} px", f"{r['eager_img_per_s']:.0f}"]
+        cells += [f"{r['onnx_img_per_s']:.0f} ({r['onnx_throughput_ratio']:.2f}×)"]
+        cells += [f"{r['eager_single_ms']:.1f} / {r['onnx_single_ms']:.1f} ms"]
+        if "int8_img_per_s" in r:
+            v = r["int8_validation"]
+            delta = [v["int8"][m] - v["fp32"][m] for m in ("balanced_accuracy", "malignant_auroc")]
+            cells += [f"{r['int8_img_per_s']:.0f} ({r['int8_throughput_ratio']:.2f}×)"]
+            cells += [f"{delta[0]:+.3f} / {delta[1]:+.3f}, {v['argmax_agreement']:.1%} of {v['images']:,} images"]
+        elif int8:
+            cells += ["—", "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    images = record["rows"][0]["images"]
+    return (
+        "\n".join(lines)
+        + f"\n\nMedian throughput over batches of {images} validation images, {record['threads']} threads for every"
+        f" engine. `{record['command']}`, {record['hardware']}, commit {record['commit'][:10]}, {record['date']}.\n"
+    )
+
+
+def data_stage(record: dict) -> str:
+    """Wall time of the data stage from scratch (``benchmarks/data_stage.py --out``)."""
+    seconds = record["seconds"]
+    runs = ", ".join(f"{t:.1f}" for t in seconds)
+    return (
+        f"Median **{statistics.median(seconds):.1f} s** over {len(seconds)} runs ({runs} s), {record['cores']} cores: "
+        f"`{record['command']}`, {record['hardware']}, commit {record['commit'][:10]}, {record['date']}.\n"
+    )
+
+
+# (kind, view) -> renderer; a block names its view after '#': "<!-- rendered from FILE#runtime -->".
+RENDERERS = {
+    ("selection", ""): selection,
+    ("workflow", ""): workflow,
+    ("workflow", "per_lesion"): workflow_per_lesion,
+    ("workflow", "runtime"): workflow_runtime,
+    ("train_throughput", ""): train_throughput,
+    ("inference", ""): inference,
+    ("data_stage", ""): data_stage,
+}
 
 
 def render_block(source: str, root: Path = ROOT) -> str:
-    path = root / source
+    file, _, view = source.partition("#")
+    path = root / file
     if not path.is_file():
-        raise FileNotFoundError(f"rendered block: its source {source} does not exist")
+        raise FileNotFoundError(f"rendered block: its source {file} does not exist")
     record = json.loads(path.read_text())
-    if record.get("kind") not in RENDERERS:
-        raise ValueError(f"{source}: kind {record.get('kind')!r} has no renderer; known: {sorted(RENDERERS)}")
-    return RENDERERS[record["kind"]](record)
+    if (record.get("kind"), view) not in RENDERERS:
+        known = sorted("#".join(key).rstrip("#") for key in RENDERERS)
+        raise ValueError(f"{source}: kind {record.get('kind')!r}, view {view!r} has no renderer; known: {known}")
+    return RENDERERS[record.get("kind"), view](record)
 
 
 def render_text(text: str, root: Path = ROOT) -> str:

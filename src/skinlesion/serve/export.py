@@ -13,6 +13,12 @@ the export:
 3. chooses the operating threshold on the malignant probability exactly as the evaluate rule
    does (the highest one reaching the target sensitivity), for the probabilities the deployed
    model will actually give.
+
+With ``quantize`` it also writes a static int8 copy (ONNX Runtime's QDQ quantization, per-channel
+int8 weights, uint8 activations whose ranges come from training-split images; the temperature, the
+softmax and the in-graph normalisation stay in float), chooses that model's own threshold on the
+validation split, and states in the contract what int8 changes there: balanced accuracy,
+malignant AUROC, argmax agreement and the largest probability difference against the fp32 model.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -70,6 +77,51 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, prior=None) -> f
     return float(log_t.detach().exp())
 
 
+# The operators quantized to int8; the softmax (and everything after the logits) stays in float,
+# so probabilities near the threshold keep their resolution.
+INT8_OPS = ["Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "MaxPool", "GlobalAveragePool", "AveragePool"]
+
+
+def quantize_int8(fp32_onnx: str | os.PathLike, out_onnx: str | os.PathLike, calibration: np.ndarray) -> None:
+    """Static int8 quantization of an exported graph (QDQ format, per-channel weights), its activation
+    ranges calibrated (min-max) on ``calibration``, float32 (N, 3, n, n) inputs in 0-255."""
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 32)))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"image": np.ascontiguousarray(batch)}
+
+    with tempfile.TemporaryDirectory() as tmp, atomic_path(out_onnx) as out:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(out),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=INT8_OPS,
+        )
+
+
+def _val_scores(y_class: np.ndarray, y_malignant: np.ndarray, probs: np.ndarray, p_malignant: np.ndarray) -> dict:
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    return {
+        "balanced_accuracy": float(balanced_accuracy_score(y_class, probs.argmax(axis=1))),
+        "malignant_auroc": float(roc_auc_score(y_malignant, p_malignant)),
+    }
+
+
 def _inputs(images_npy: str, rows: np.ndarray, input_size: int) -> np.ndarray:
     cache = np.load(images_npy, mmap_mode="r")
     return np.stack([to_input(np.asarray(cache[r]), input_size) for r in rows])
@@ -108,10 +160,14 @@ def export_tier(
     tolerance: float = 1e-4,
     provenance: dict | None = None,
     device: str = "cpu",
+    out_int8: str | os.PathLike | None = None,
+    calibration_images: int = 256,
 ) -> dict:
     """Export one tier; returns the contract written to ``out_contract``. ``device`` runs the PyTorch
     side (temperature fit, the reference of the parity check) there, in fp32 without TF32; the ONNX
-    graph is always traced on the CPU, and ONNX Runtime runs on the CPU, as the service does."""
+    graph is always traced on the CPU, and ONNX Runtime runs on the CPU, as the service does.
+    ``out_int8``: also write the static int8 model there (:func:`quantize_int8`), calibrated on the
+    first ``calibration_images`` training-split images, described under the contract's ``int8``."""
     import onnxruntime as ort
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -153,10 +209,16 @@ def export_tier(
         if not diff < tolerance:
             raise RuntimeError(f"{out_onnx}: ONNX Runtime and PyTorch differ by {diff:.2e} (tolerance {tolerance:.0e})")
 
-    p_malignant = ort_probs[:, 1] if model.binary else malignant_probability(ort_probs, prior)
     y_malignant = val["malignant"].to_numpy().astype(bool)
-    threshold = threshold_for_sensitivity(y_malignant, p_malignant, target_sensitivity)
-    sensitivity, specificity = sens_spec(y_malignant, p_malignant, threshold)
+
+    def operating_point(probs: np.ndarray) -> tuple[np.ndarray, float, dict]:
+        p_malignant = probs[:, 1] if model.binary else malignant_probability(probs, prior)
+        threshold = threshold_for_sensitivity(y_malignant, p_malignant, target_sensitivity)
+        sensitivity, specificity = sens_spec(y_malignant, p_malignant, threshold)
+        selection = {"split": "val", "target_sensitivity": target_sensitivity, "tta": False}
+        return p_malignant, threshold, selection | {"sensitivity": sensitivity, "specificity": specificity}
+
+    p_malignant, threshold, threshold_selection = operating_point(ort_probs)
     contract = {
         "format": CONTRACT_FORMAT,
         "tier": tier,
@@ -179,13 +241,7 @@ def export_tier(
         "normalisation": {"mean": list(hp.mean), "std": list(hp.std), "scale": 255, "in_graph": True},
         "temperature": temperature if calibrate else None,
         "operating_threshold": threshold,
-        "threshold_selection": {
-            "split": "val",
-            "target_sensitivity": target_sensitivity,
-            "sensitivity": sensitivity,
-            "specificity": specificity,
-            "tta": False,
-        },
+        "threshold_selection": threshold_selection,
         "parity": {"max_abs_diff": diff, "tolerance": tolerance, "images": len(val)},
         "opset": OPSET,
         "onnx_sha256": sha256(out_onnx),
@@ -193,6 +249,28 @@ def export_tier(
         "weights_sha256": weights_sha256(model),
         "provenance": provenance or {},
     }
+    if out_int8:
+        train = table[table["split"] == "train"].head(calibration_images)
+        quantize_int8(out_onnx, out_int8, _inputs(images_npy, train["row"].to_numpy(), hp.image_size))
+        session = ort.InferenceSession(str(out_int8), providers=["CPUExecutionProvider"])
+        int8_probs = np.concatenate([session.run(["probabilities"], {"image": b.numpy()})[0] for b in x_val.split(256)])
+        int8_p_malignant, int8_threshold, int8_selection = operating_point(int8_probs)
+        y_class = labels.numpy()
+        contract["int8"] = {
+            "file": Path(out_int8).name,
+            "onnx_sha256": sha256(out_int8),
+            "operating_threshold": int8_threshold,
+            "threshold_selection": int8_selection,
+            "calibration": {"split": "train", "images": len(train), "method": "min-max", "format": "QDQ"},
+            "validation": {
+                "fp32": _val_scores(y_class, y_malignant, ort_probs, p_malignant),
+                "int8": _val_scores(y_class, y_malignant, int8_probs, int8_p_malignant),
+                "argmax_agreement": float((int8_probs.argmax(1) == ort_probs.argmax(1)).mean()),
+                "max_abs_diff": float(np.abs(int8_probs - ort_probs).max()),
+                "images": len(val),
+            },
+        }
+        log.info("%s: int8 %s", out_int8, contract["int8"]["validation"])
     with atomic_path(out_contract) as tmp:
         tmp.write_text(json.dumps(contract, indent=2) + "\n")
     log.info("%s: exported, threshold %.4f, parity %.1e", out_onnx, threshold, diff)

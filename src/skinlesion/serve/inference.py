@@ -87,29 +87,40 @@ class Prediction:
         }
 
 
-class OnnxClassifier:
-    """An exported tier: ONNX Runtime session + contract. ``threads`` sets intra-op threads (0: ORT's default)."""
+PRECISIONS = ("fp32", "int8")
 
-    def __init__(self, model_dir: str | os.PathLike, threads: int = 0):
+
+class OnnxClassifier:
+    """An exported tier: ONNX Runtime session + contract. ``threads`` sets intra-op threads (0: ORT's default);
+    ``precision`` "int8" runs the static int8 model of an export made with ``export.quantize``, at its own
+    threshold."""
+
+    def __init__(self, model_dir: str | os.PathLike, threads: int = 0, precision: str = "fp32"):
         import onnxruntime as ort
 
         self.model_dir = Path(model_dir)
-        self.contract = json.loads((self.model_dir / "model.json").read_text())
-        if self.contract.get("format") != CONTRACT_FORMAT:
-            raise ValueError(f"{self.model_dir / 'model.json'}: not a {CONTRACT_FORMAT} sidecar")
+        sidecar = self.model_dir / "model.json"
+        self.contract = c = json.loads(sidecar.read_text())
+        if c.get("format") != CONTRACT_FORMAT:
+            raise ValueError(f"{sidecar}: not a {CONTRACT_FORMAT} sidecar")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: one of {PRECISIONS}")
+        if precision == "int8" and "int8" not in c:
+            raise ValueError(f"{sidecar}: no int8 model; export with --config 'export={{quantize: true}}'")
+        model = c["int8"] if precision == "int8" else {"file": "model.onnx"} | c
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(
-            str(self.model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
+            str(self.model_dir / model["file"]), options, providers=["CPUExecutionProvider"]
         )
-        c = self.contract
+        self.precision = precision
         self.class_names: list[str] = c["class_names"]
         self.input_size: int = c["input"]["size"]
         self.cache_size: int = c["preprocess"]["cache_size"]
-        self.threshold: float = c["operating_threshold"]
+        self.threshold: float = model["operating_threshold"]
         self.malignant_idx = [self.class_names.index(n) for n in c["malignant_classes"]]
         self.malignant_prior = c.get("malignant_prior")
-        self.version = f"{c['tier']}-{c['onnx_sha256'][:12]}"
+        self.version = f"{c['tier']}-{'int8-' if precision == 'int8' else ''}{model['onnx_sha256'][:12]}"
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, 3, n, n) inputs in 0-255 -> (N, C) calibrated class probabilities."""

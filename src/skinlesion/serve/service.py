@@ -154,8 +154,9 @@ def create_app(
     max_pixels: int = MAX_PIXELS,
     max_files: int = 64,
     threads: int = 0,
+    precision: str = "fp32",
 ) -> FastAPI:
-    classifier = OnnxClassifier(model_dir, threads=threads)
+    classifier = OnnxClassifier(model_dir, threads=threads, precision=precision)
     registry = CollectorRegistry()
     requests = Counter("skinlesion_requests", "HTTP requests", ["endpoint", "method", "status"], registry=registry)
     latency = Histogram(
