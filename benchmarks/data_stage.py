@@ -1,11 +1,13 @@
 """Wall time of the whole data stage (download/copy, checksum, preprocess, split, stats) from scratch.
 
-    python benchmarks/data_stage.py --data-dir ../shared/data/ham10000 --repeats 3
+    python benchmarks/data_stage.py --data-dir ../shared/data/ham10000 --repeats 3 [--out FILE]
 
-Each repeat runs Snakemake in a fresh working directory; prints every time and the median.
+Each repeat runs Snakemake in a fresh working directory; prints every time and the median. --out
+writes them as JSON with the command, hardware, date and commit (docs/benchmarks.md renders it).
 """
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -21,6 +23,7 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="also write the times, with command and hardware, as JSON")
     args = parser.parse_args()
     data_dir = Path(args.data_dir).resolve()
     times = []
@@ -36,6 +39,14 @@ def main() -> None:
         f"data stage on {data_dir} with {args.cores} cores: "
         f"median {statistics.median(times):.1f} s over {len(times)} runs"
     )
+    if args.out:
+        from skinlesion.io import atomic_path
+        from skinlesion.provenance import git_commit, measurement
+
+        command = "python benchmarks/data_stage.py " + " ".join(sys.argv[1:])
+        record = {"kind": "data_stage", "cores": args.cores, "seconds": [round(t, 1) for t in times]}
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps(record | measurement(command, git_commit(ROOT)), indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Training throughput per tier on the preprocessed cache: images/s, data-wait share, peak memory.
 
-    python benchmarks/train_throughput.py --data results/data --batches 40 [--tiers resnet ...] [--out FILE]
+    python benchmarks/train_throughput.py --data results/data --batches 40 [--repeats 3] [--tiers T ...] [--out FILE]
 
 Runs each tier in its own process with the workflow's default settings (workflow_config.yaml,
 overridable with --set key=value on the train section, e.g. --set num_workers=0) for one
@@ -8,7 +8,8 @@ epoch of --batches batches without validation, once per augmentation path (--pat
 per image in the DataLoader workers, and "device", on each batch where the model trains), and
 prints one row per tier and path: images/s, the share of step time the loop waited for the
 DataLoader ("data wait"), the share spent on the batched augmentation in the main process
-("batch aug.") and peak memory. The first --warmup batches are excluded from the rate. --out
+("batch aug.") and peak memory. The first --warmup batches are excluded from the rate; with --repeats
+each row is the run of median speed, with every run's rate beside it. --out
 writes the rows as JSON with the command, hardware, date and commit.
 """
 
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--set", nargs="*", default=[], help="train settings to override, key=value (YAML values)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per tier and path; the median run is kept")
     parser.add_argument("--paths", nargs="+", default=["worker", "device"], choices=["worker", "device"])
     parser.add_argument("--out", type=Path, help="also write the rows, with command and hardware, as JSON")
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -83,8 +85,13 @@ def main() -> None:
         for path in args.paths:
             cmd = [sys.executable, __file__, "--one", tier, "--path", path, "--data", args.data]
             cmd += ["--batches", str(args.batches), "--warmup", str(args.warmup), "--set", *args.set]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            r = json.loads(out)
+            runs = []
+            for _ in range(args.repeats):
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+                runs.append(json.loads(out))
+            # The run of median speed stands for all; every run's rate is kept beside it.
+            r = sorted(runs, key=lambda run: run["images_per_s"])[len(runs) // 2]
+            r["runs"] = [run["images_per_s"] for run in runs]
             rows.append(r)
             print(
                 f"{r['tier']:14s} {r['path']:>6s} {r['image_size']:4d} {r['precision']:>10s} {r['num_workers']:7d} "

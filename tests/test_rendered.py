@@ -1,11 +1,24 @@
 """Every number rendered into README.md and docs/ matches the results file it names."""
 
 import json
+import subprocess
+import sys
 
+import pandas as pd
 import pytest
 
 from conftest import ROOT
-from skinlesion.rendered import BLOCK, adopt, main, render_text, stale_blocks
+from skinlesion.evaluate.metrics import recommended_tier
+from skinlesion.rendered import (
+    BLOCK,
+    adopt,
+    main,
+    render_text,
+    stale_blocks,
+    workflow,
+    workflow_per_lesion,
+    workflow_runtime,
+)
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -90,3 +103,52 @@ def test_a_missing_source_is_named(tmp_path):
     doc.write_text("<!-- rendered from nowhere.json -->\n<!-- end rendered -->\n")
     with pytest.raises(FileNotFoundError, match="nowhere.json"):
         main([str(doc)])
+
+
+def test_a_workflow_run_is_recorded_from_its_own_files(sample_run, tmp_path):
+    """benchmarks/record.py workflow takes every number from the run's metrics JSONs, histories and
+    Snakemake benchmark files, and the rendered tables show them."""
+    time_log = tmp_path / "time.log"
+    subprocess.run(["/usr/bin/time", "-v", "-o", str(time_log), "sleep", "7"], check=True)
+    out = tmp_path / "workflow.json"
+    record_py = [sys.executable, str(ROOT / "benchmarks" / "record.py"), "workflow", "--results"]
+    subprocess.run(
+        [
+            *record_py,
+            str(sample_run / "results"),
+            "--time-log",
+            str(time_log),
+            "--command",
+            "snakemake x",
+            "--out",
+            str(out),
+        ],
+        check=True,
+    )
+    record = json.loads(out.read_text())
+    results = sample_run / "results"
+    tiers = ["baseline_cnn", "resnet", "transfer"]
+    assert [m["model"] for m in record["models"]] == [*tiers, "mean of baseline_cnn + resnet + transfer"]
+    metrics = {t: json.loads((results / "metrics" / f"{t}.json").read_text()) for t in tiers}
+    assert record["recommended"] == recommended_tier(metrics)
+    assert record["commit"] == metrics["resnet"]["provenance"]["git_commit"]
+    assert record["wall_minutes"] == 0.1  # 7 s, from the time log
+    headline, runtime, per_lesion = workflow(record), workflow_runtime(record), workflow_per_lesion(record)
+    for model, tier in zip(record["models"][:3], tiers, strict=True):
+        assert model["test"]["metrics"] == metrics[tier]["test"]["metrics"]
+        assert model["external"]["n_images"] == 150  # the sample run's external test set
+        train = pd.read_csv(results / "benchmarks" / "train" / f"{tier}.tsv", sep="\t")
+        assert model["train"]["minutes"] == round(train["s"].iloc[0] / 60, 1)
+        assert model["epochs"] == len(pd.read_csv(results / "models" / tier / "history.csv"))
+        m = metrics[tier]["test"]["metrics"]["balanced_accuracy"]
+        assert f"{m['value']:.3f} ({m['ci_low']:.3f}–{m['ci_high']:.3f})" in headline
+        m = metrics[tier]["test_per_lesion"]["metrics"]["malignant_auroc"]
+        assert f"{m['value']:.3f} ({m['ci_low']:.3f}–{m['ci_high']:.3f})" in per_lesion
+        assert f"| {tier} | 32 px, 2 | {model['train']['minutes']:.1f} min |" in runtime
+
+
+def test_a_run_without_metrics_is_refused(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    record_py = [sys.executable, str(ROOT / "benchmarks" / "record.py"), "workflow", "--results", str(tmp_path)]
+    done = subprocess.run([*record_py, "--time-log", "x", "--command", "x"], capture_output=True, text=True)
+    assert done.returncode != 0 and "metrics holds no tier's metrics JSON" in done.stderr
