@@ -7,10 +7,12 @@ from conftest import run_snakemake, sample_run_args
 from skinlesion.config import ConfigError, load_config
 from skinlesion.train.selection import deep_merge, variant_settings
 
+VARIANTS = ("default", "logit_adjust", "no_mixup", "augment_on_device")  # selection.variants.baseline_cnn
+
 
 @pytest.fixture(scope="module")
 def selection(sample_run):
-    """The selection target of the baseline CNN on the bundled sample (its default and two variants, 3 folds)."""
+    """The selection target of the baseline CNN on the bundled sample (its default and its variants, 3 folds)."""
     run_snakemake(sample_run, *sample_run_args(sample_run, "--", "results/selection/baseline_cnn.csv"))
     return sample_run / "results" / "selection"
 
@@ -22,7 +24,7 @@ def test_folds_hold_whole_lesions_of_the_development_data_only(selection, sample
     assert sorted(folds["image_id"]) == sorted(development["image_id"])
     assert folds.groupby("lesion_id")["fold"].nunique().max() == 1
     assert sorted(folds["fold"].unique()) == [0, 1, 2]
-    for variant in ("default", "logit_adjust", "no_mixup"):
+    for variant in VARIANTS:
         held_out = [
             pd.read_csv(selection / "baseline_cnn" / variant / f"fold{k}" / "predictions.csv") for k in range(3)
         ]
@@ -32,10 +34,10 @@ def test_folds_hold_whole_lesions_of_the_development_data_only(selection, sample
 
 def test_selection_table_has_per_fold_and_mean_sd_rows_and_no_test_number(selection, sample_run):
     table = pd.read_csv(selection / "baseline_cnn.csv", dtype={"fold": str})
-    assert list(table["variant"].unique()) == ["default", "logit_adjust", "no_mixup"]
+    assert list(table["variant"].unique()) == list(VARIANTS)
     assert set(table["fold"]) == {"0", "1", "2", "mean", "sd"}
     per_fold = table[table["fold"].isin(["0", "1", "2"])]
-    assert len(per_fold) == 9 and per_fold["balanced_accuracy"].between(0, 1).all()
+    assert len(per_fold) == 3 * len(VARIANTS) and per_fold["balanced_accuracy"].between(0, 1).all()
     assert (table.loc[table["variant"] == "default", ["delta_balanced_accuracy", "delta_malignant_auroc"]] == 0).all(
         axis=None
     )

@@ -172,7 +172,8 @@ def workflow_runtime(record: dict) -> str:
 def train_throughput(record: dict) -> str:
     """Training throughput per tier and augmentation path (``benchmarks/train_throughput.py --out``)."""
     lines = [
-        "| tier | augmentation | input | precision | images/s | data wait | batch augmentation | peak RSS |",
+        "| tier | augmentation | input | precision | images/s: median (each run) | data wait | batch augmentation "
+        "| peak RSS |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in record["rows"]:
@@ -181,6 +182,11 @@ def train_throughput(record: dict) -> str:
         cells = [r["tier"], r["path"], f"{r['image_size']} px", r["precision"], rate]
         cells += [f"{r['data_wait_pct']:.1f} %", f"{r['batch_augment_pct']:.1f} %", f"{r['peak_rss_mb']:,} MB"]
         lines.append("| " + " | ".join(cells) + " |")
+    rate = {(r["tier"], r["path"]): r["images_per_s"] for r in record["rows"]}
+    both = [t for t in dict.fromkeys(r["tier"] for r in record["rows"]) if {(t, "worker"), (t, "device")} <= set(rate)]
+    if both:
+        ratios = ", ".join(f"{t} {rate[t, 'device'] / rate[t, 'worker']:.2f}×" for t in both)
+        lines += ["", f"The device path's speed over the worker path's (medians): {ratios}."]
     return (
         "\n".join(lines)
         + f"\n\n`{record['command']}`, {record['hardware']}, commit {record['commit'][:10]}, {record['date']}.\n"
