@@ -80,7 +80,7 @@ def last_conv(net: torch.nn.Module) -> torch.nn.Module:
 def gradcam(model, images: np.ndarray, targets: list[int]) -> np.ndarray:
     """Grad-CAM maps (N, H, W) in [0, 1] at the input size, for uint8 (N, S, S, 3) images.
 
-    Uses captum's LayerGradCam on the network's last convolution.
+    Uses captum's LayerGradCam on the network's last convolution, on the device the model is on.
     """
     from captum.attr import LayerAttribution, LayerGradCam
     from torchvision.transforms import v2
@@ -88,12 +88,12 @@ def gradcam(model, images: np.ndarray, targets: list[int]) -> np.ndarray:
     model.eval()
     size = model.hparams.image_size
     x = v2.Resize((size, size), antialias=True)(torch.from_numpy(np.array(images)).permute(0, 3, 1, 2))
-    x = x.float().requires_grad_(True)
+    x = x.float().to(model.device).requires_grad_(True)
     cam = LayerGradCam(model, last_conv(model.net))
     attributions = cam.attribute(x, target=torch.as_tensor(targets), relu_attributions=True)
     maps = LayerAttribution.interpolate(attributions, (size, size), interpolate_mode="bilinear")[:, 0].detach()
     maps = maps - maps.amin(dim=(1, 2), keepdim=True)
-    return (maps / maps.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)).numpy()
+    return (maps / maps.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)).cpu().numpy()
 
 
 def gallery_png(images: np.ndarray, captions: list[str], cams: np.ndarray | None = None) -> bytes:

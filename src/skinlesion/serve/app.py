@@ -45,7 +45,7 @@ def torch_model(checkpoint: str, expected_sha256: str):
     if not path.is_file():
         return None
     try:
-        model = load_classifier(path)
+        model = load_classifier(path, "auto")  # Grad-CAM on the GPU when there is one
     except Exception:  # noqa: BLE001 - any unreadable file means no Grad-CAM, not a broken app
         return None
     return model if weights_sha256(model) == expected_sha256 else None
