@@ -44,16 +44,25 @@ def adopt(delta_bal: tuple[float, float], delta_auroc: tuple[float, float], k: i
     return bal > bal_sd / math.sqrt(k) and auroc >= -auroc_sd / math.sqrt(k)
 
 
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def _stamp(record: dict) -> str:
+    """What every results file records of its measurement: command, hardware, commit, date."""
+    return f"`{record['command']}`, {record['hardware']}, commit {record['commit'][:10]}, {record['date']}"
+
+
 def selection(record: dict) -> str:
     """A cross-validation comparison (``benchmarks/record.py selection``): one row per variant."""
     rows = record["rows"]
     k = record["folds"]
     stat = {(r["variant"], r["fold"]): r for r in rows if r["fold"] in ("mean", "sd")}
-    lines = [
-        "| variant | settings | balanced accuracy | malignant AUROC | Δ balanced accuracy | Δ malignant AUROC "
-        "| Δ per fold (bal. acc.) | replaces the default? |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["variant", "settings", "balanced accuracy", "malignant AUROC", "Δ balanced accuracy"]
+    header += ["Δ malignant AUROC", "Δ per fold (bal. acc.)", "replaces the default?"]
+    table = []
     for variant in dict.fromkeys(r["variant"] for r in rows):
         mean, sd = stat[variant, "mean"], stat[variant, "sd"]
         folds = [r for r in rows if r["variant"] == variant and r["fold"] not in ("mean", "sd")]
@@ -71,15 +80,13 @@ def selection(record: dict) -> str:
             cells += [_signed(*deltas[0]), _signed(*deltas[1])]
             cells.append(" ".join(f"{f['delta_balanced_accuracy']:+.3f}" for f in folds))
             cells.append("yes" if adopt(*deltas, k) else "no")
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(
-        f"{record['tier']}, {k} lesion-grouped folds of the development data, mean ± sd over folds, per image; "
-        f"Δ: paired difference from the default on the same fold. `{record['command']}`, {record['hardware']}, "
-        f"commit {record['commit'][:10]}, {record['date']}; {record['trainings']} trainings in "
-        f"{record['wall_minutes']:.0f} min of wall time."
+        table.append(cells)
+    return (
+        _table(header, table)
+        + f"\n\n{record['tier']}, {k} lesion-grouped folds of the development data, mean ± sd over folds, per image; "
+        f"Δ: paired difference from the default on the same fold. {_stamp(record)}; {record['trainings']} trainings "
+        f"in {record['wall_minutes']:.0f} min of wall time.\n"
     )
-    return "\n".join(lines) + "\n"
 
 
 def _ci(block: dict, metric: str) -> str:
@@ -98,12 +105,11 @@ def _pair(block: dict | None, metrics=("balanced_accuracy", "malignant_auroc"), 
 def _run_caption(record: dict) -> str:
     test = record["models"][0]["test"]
     return (
-        f"`{record['command']}`: one run from raw data to report, {record['wall_minutes']:.1f} min of wall time, "
-        f"{record['hardware']}, commit {record['commit'][:10]}, {record['date']}. Test split: {test['n_images']:,} "
-        f"images of {test['n_lesions']:,} lesions; 95 % CIs from lesion-bootstrap resamples; "
-        f"{'8-fold test-time augmentation; ' if record['tta'] else ''}malignant threshold chosen on the validation "
-        f"split for ≥ {record['target_sensitivity']:.0%} sensitivity. Recommended by validation balanced accuracy: "
-        f"{record['recommended']}."
+        f"{_stamp(record)}: one run from raw data to report, {record['wall_minutes']:.1f} min of wall time. Test "
+        f"split: {test['n_images']:,} images of {test['n_lesions']:,} lesions; 95 % CIs from lesion-bootstrap "
+        f"resamples; {'8-fold test-time augmentation; ' if record['tta'] else ''}malignant threshold chosen on the "
+        f"validation split for ≥ {record['target_sensitivity']:.0%} sensitivity. Recommended by validation balanced "
+        f"accuracy: {record['recommended']}."
     )
 
 
@@ -113,56 +119,48 @@ def _shape(model: dict) -> str:
 
 def workflow(record: dict) -> str:
     """The headline table of a whole workflow run (``benchmarks/record.py workflow``)."""
-    lines = [
-        "| model | input, epochs | validation: bal. acc. / malignant AUROC | test: bal. acc. (95 % CI) "
-        "| test: malignant AUROC (95 % CI) | test: sens. / spec. | test + metadata: bal. acc. / malignant AUROC "
-        "| per lesion + metadata: bal. acc. / malignant AUROC |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["model", "input, epochs", "validation: bal. acc. / malignant AUROC", "test: bal. acc. (95 % CI)"]
+    header += ["test: malignant AUROC (95 % CI)", "test: sens. / spec."]
+    header += ["test + metadata: bal. acc. / malignant AUROC", "per lesion + metadata: bal. acc. / malignant AUROC"]
+    table = []
     for model in record["models"]:
         test = model["test"]
-        sens_spec = _pair(test, ("sensitivity", "specificity"))
         cells = [model["model"], _shape(model), _pair(model.get("validation")), _ci(test, "balanced_accuracy")]
-        cells += [_ci(test, "malignant_auroc"), sens_spec, _pair(model.get("test_with_metadata"))]
-        cells.append(_pair(model.get("test_with_metadata_per_lesion")))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + _run_caption(record) + "\n"
+        cells += [_ci(test, "malignant_auroc"), _pair(test, ("sensitivity", "specificity"))]
+        cells += [_pair(model.get("test_with_metadata")), _pair(model.get("test_with_metadata_per_lesion"))]
+        table.append(cells)
+    return _table(header, table) + "\n\n" + _run_caption(record) + "\n"
 
 
 def workflow_per_lesion(record: dict) -> str:
     """Per-image against per-lesion scores of a workflow run, each lesion scored once."""
-    lines = [
-        "| model | per image: bal. acc. / malignant AUROC | per lesion: bal. acc. / malignant AUROC (95 % CI) "
-        "| per lesion + metadata (95 % CI) | per lesion + metadata: sens. / spec. |",
-        "|---|---|---|---|---|",
-    ]
+    header = ["model", "per image: bal. acc. / malignant AUROC", "per lesion: bal. acc. / malignant AUROC (95 % CI)"]
+    header += ["per lesion + metadata (95 % CI)", "per lesion + metadata: sens. / spec."]
+    table = []
     for model in record["models"]:
         meta = model.get("test_with_metadata_per_lesion")
         cells = [model["model"], _pair(model["test"]), _pair(model["test_per_lesion"], ci=True)]
-        cells += [_pair(meta, ci=True), _pair(meta, ("sensitivity", "specificity"))]
-        lines.append("| " + " | ".join(cells) + " |")
-    test = record["models"][0]["test_per_lesion"]
-    return "\n".join(lines) + f"\n\n{test['n_lesions']:,} test lesions, each once. " + _run_caption(record) + "\n"
+        table.append(cells + [_pair(meta, ci=True), _pair(meta, ("sensitivity", "specificity"))])
+    lesions = record["models"][0]["test_per_lesion"]["n_lesions"]
+    return _table(header, table) + f"\n\n{lesions:,} test lesions, each once. " + _run_caption(record) + "\n"
 
 
 def workflow_runtime(record: dict) -> str:
     """Where a workflow run's time and memory went, per tier (Snakemake's benchmark files, history.csv)."""
-    lines = [
-        "| tier | input, epochs | train rule | median epoch (range) | data wait (median epoch) | train peak RSS "
-        "| evaluate rule |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    header = ["tier", "input, epochs", "train rule", "median epoch (range)", "data wait (median epoch)"]
+    header += ["train peak RSS", "evaluate rule"]
+    table = []
     for model in record["models"]:
+        evaluate = f"{model['evaluate']['minutes']:.1f} min"
         if "train" in model:
             low, high = model["epoch_s_range"]
             cells = [model["model"], _shape(model), f"{model['train']['minutes']:.1f} min"]
             cells += [f"{model['median_epoch_s']:.1f} s ({low}–{high})", f"{model['data_wait_pct']:.1f} %"]
-            cells += [f"{model['train']['peak_rss_mb']:,} MB", f"{model['evaluate']['minutes']:.1f} min"]
+            table.append(cells + [f"{model['train']['peak_rss_mb']:,} MB", evaluate])
         else:
-            cells = [model["model"], "—", "—", "—", "—", "—", f"{model['evaluate']['minutes']:.1f} min"]
-        lines.append("| " + " | ".join(cells) + " |")
+            table.append([model["model"], "—", "—", "—", "—", "—", evaluate])
     return (
-        "\n".join(lines)
+        _table(header, table)
         + f"\n\nThe whole run: {record['wall_minutes']:.1f} min, driver peak RSS {record['driver_peak_rss_mb']:,} MB. "
         + _run_caption(record)
         + "\n"
@@ -171,38 +169,32 @@ def workflow_runtime(record: dict) -> str:
 
 def train_throughput(record: dict) -> str:
     """Training throughput per tier and augmentation path (``benchmarks/train_throughput.py --out``)."""
-    lines = [
-        "| tier | augmentation | input | precision | images/s: median (each run) | data wait | batch augmentation "
-        "| peak RSS |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["tier", "augmentation", "input", "precision", "images/s: median (each run)", "data wait"]
+    header += ["batch augmentation", "peak RSS"]
+    table = []
     for r in record["rows"]:
         runs = r.get("runs", [r["images_per_s"]])
         rate = f"{r['images_per_s']:.0f}" + (f" ({', '.join(f'{x:.0f}' for x in runs)})" if len(runs) > 1 else "")
         cells = [r["tier"], r["path"], f"{r['image_size']} px", r["precision"], rate]
-        cells += [f"{r['data_wait_pct']:.1f} %", f"{r['batch_augment_pct']:.1f} %", f"{r['peak_rss_mb']:,} MB"]
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(
+            cells + [f"{r['data_wait_pct']:.1f} %", f"{r['batch_augment_pct']:.1f} %", f"{r['peak_rss_mb']:,} MB"]
+        )
+    text = _table(header, table)
     rate = {(r["tier"], r["path"]): r["images_per_s"] for r in record["rows"]}
     both = [t for t in dict.fromkeys(r["tier"] for r in record["rows"]) if {(t, "worker"), (t, "device")} <= set(rate)]
     if both:
         ratios = ", ".join(f"{t} {rate[t, 'device'] / rate[t, 'worker']:.2f}×" for t in both)
-        lines += ["", f"The device path's speed over the worker path's (medians): {ratios}."]
-    return (
-        "\n".join(lines)
-        + f"\n\n`{record['command']}`, {record['hardware']}, commit {record['commit'][:10]}, {record['date']}.\n"
-    )
+        text += f"\n\nThe device path's speed over the worker path's (medians): {ratios}."
+    return text + f"\n\n{_stamp(record)}.\n"
 
 
 def inference(record: dict) -> str:
     """Inference speed per exported tier: eager PyTorch, ONNX Runtime, its int8 model (``benchmarks/inference.py``)."""
     int8 = any("int8_img_per_s" in r for r in record["rows"])
-    header = "| tier | input | eager: images/s | ONNX Runtime: images/s (× eager) | single image: eager / ONNX"
-    header += (
-        " | int8: images/s (× eager) | int8 on validation: Δ bal. acc. / Δ malignant AUROC, argmax agreement |"
-        if int8
-        else " |"
-    )
-    lines = [header, "|---|---|---|---|---|" + ("---|---|" if int8 else "")]
+    header = ["tier", "input", "eager: images/s", "ONNX Runtime: images/s (× eager)", "single image: eager / ONNX"]
+    if int8:
+        header += ["int8: images/s (× eager)", "int8 on validation: Δ bal. acc. / Δ malignant AUROC, argmax agreement"]
+    table = []
     for r in record["rows"]:
         cells = [r["tier"], f"{r['input']} px", f"{r['eager_img_per_s']:.0f}"]
         cells += [f"{r['onnx_img_per_s']:.0f} ({r['onnx_throughput_ratio']:.2f}×)"]
@@ -214,12 +206,11 @@ def inference(record: dict) -> str:
             cells += [f"{delta[0]:+.3f} / {delta[1]:+.3f}, {v['argmax_agreement']:.1%} of {v['images']:,} images"]
         elif int8:
             cells += ["—", "—"]
-        lines.append("| " + " | ".join(cells) + " |")
-    images = record["rows"][0]["images"]
+        table.append(cells)
     return (
-        "\n".join(lines)
-        + f"\n\nMedian throughput over batches of {images} validation images, {record['threads']} threads for every"
-        f" engine. `{record['command']}`, {record['hardware']}, commit {record['commit'][:10]}, {record['date']}.\n"
+        _table(header, table)
+        + f"\n\nMedian throughput over batches of {record['rows'][0]['images']} validation images, "
+        f"{record['threads']} threads for every engine. {_stamp(record)}.\n"
     )
 
 
@@ -229,7 +220,7 @@ def data_stage(record: dict) -> str:
     runs = ", ".join(f"{t:.1f}" for t in seconds)
     return (
         f"Median **{statistics.median(seconds):.1f} s** over {len(seconds)} runs ({runs} s), {record['cores']} cores: "
-        f"`{record['command']}`, {record['hardware']}, commit {record['commit'][:10]}, {record['date']}.\n"
+        f"{_stamp(record)}.\n"
     )
 
 
