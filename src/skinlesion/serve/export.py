@@ -122,6 +122,14 @@ def _val_scores(y_class: np.ndarray, y_malignant: np.ndarray, probs: np.ndarray,
     }
 
 
+def _onnx_probabilities(onnx_file: str | os.PathLike, x: torch.Tensor) -> np.ndarray:
+    """The probabilities an ONNX file gives for inputs ``x``, from ONNX Runtime on the CPU, in batches of 256."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(["probabilities"], {"image": b.numpy()})[0] for b in x.split(256)])
+
+
 def _inputs(images_npy: str, rows: np.ndarray, input_size: int) -> np.ndarray:
     cache = np.load(images_npy, mmap_mode="r")
     return np.stack([to_input(np.asarray(cache[r]), input_size) for r in rows])
@@ -168,8 +176,6 @@ def export_tier(
     graph is always traced on the CPU, and ONNX Runtime runs on the CPU, as the service does.
     ``out_int8``: also write the static int8 model there (:func:`quantize_int8`), calibrated on the
     first ``calibration_images`` training-split images, described under the contract's ``int8``."""
-    import onnxruntime as ort
-
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     model = load_classifier(ckpt, device).float()
     hp = model.hparams
@@ -203,8 +209,7 @@ def export_tier(
             external_data=False,
         )
         program.save(str(tmp))
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        ort_probs = np.concatenate([session.run(["probabilities"], {"image": b.numpy()})[0] for b in x_val.split(256)])
+        ort_probs = _onnx_probabilities(tmp, x_val)
         diff = float(np.abs(ort_probs - torch_probs).max())
         if not diff < tolerance:
             raise RuntimeError(f"{out_onnx}: ONNX Runtime and PyTorch differ by {diff:.2e} (tolerance {tolerance:.0e})")
@@ -252,8 +257,7 @@ def export_tier(
     if out_int8:
         train = table[table["split"] == "train"].head(calibration_images)
         quantize_int8(out_onnx, out_int8, _inputs(images_npy, train["row"].to_numpy(), hp.image_size))
-        session = ort.InferenceSession(str(out_int8), providers=["CPUExecutionProvider"])
-        int8_probs = np.concatenate([session.run(["probabilities"], {"image": b.numpy()})[0] for b in x_val.split(256)])
+        int8_probs = _onnx_probabilities(out_int8, x_val)
         int8_p_malignant, int8_threshold, int8_selection = operating_point(int8_probs)
         y_class = labels.numpy()
         contract["int8"] = {
