@@ -7,7 +7,7 @@ from conftest import run_snakemake, sample_run_args
 from skinlesion.config import ConfigError, load_config
 from skinlesion.train.selection import deep_merge, variant_settings
 
-VARIANTS = ("default", "logit_adjust", "no_mixup", "augment_on_device")  # selection.variants.baseline_cnn
+VARIANTS = ("default", "logit_adjust", "no_mixup")  # selection.variants.baseline_cnn
 
 
 @pytest.fixture(scope="module")
