@@ -75,6 +75,14 @@ def test_sidecar_is_the_inference_contract(sample_run, tier):
     assert sensitivity == pytest.approx(c["threshold_selection"]["sensitivity"])
 
 
+@pytest.mark.parametrize("tier", ["baseline_cnn", "transfer"])
+def test_the_onnx_file_names_no_path_of_the_checkout(sample_run, tier):
+    """The exported bytes depend on the model, not on where the project was checked out: a rerun in
+    another folder or in the container image gives the same file (tests/test_container.py)."""
+    onnx_bytes = (sample_run / "results" / "export" / tier / "model.onnx").read_bytes()
+    assert str(ROOT).encode() not in onnx_bytes and b"skinlesion/train/module.py" not in onnx_bytes
+
+
 def test_deployed_preprocessing_gives_the_evaluate_rules_pixels(sample_run):
     cache = np.load(sample_run / "results" / "data" / "images.npy", mmap_mode="r")[:64]
     squares = np.array(cache)

@@ -122,6 +122,20 @@ def _val_scores(y_class: np.ndarray, y_malignant: np.ndarray, probs: np.ndarray,
     }
 
 
+# Node metadata the exporter writes that names the exporting checkout's files (each node's Python
+# stack trace, with absolute paths); the same model exported from another folder or inside the
+# container image would otherwise give other bytes.
+LOCATION_METADATA = ("pkg.torch.onnx.stack_trace",)
+
+
+def _save_without_locations(program, path: str | os.PathLike) -> None:
+    """Save an ``torch.onnx.export`` program without the node metadata that holds file paths."""
+    for node in (*program.model.graph, *(n for f in program.model.functions.values() for n in f)):
+        for key in LOCATION_METADATA:
+            node.metadata_props.pop(key, None)
+    program.save(str(path))
+
+
 def _onnx_probabilities(onnx_file: str | os.PathLike, x: torch.Tensor) -> np.ndarray:
     """The probabilities an ONNX file gives for inputs ``x``, from ONNX Runtime on the CPU, in batches of 256."""
     import onnxruntime as ort
@@ -208,7 +222,7 @@ def export_tier(
             dynamo=True,
             external_data=False,
         )
-        program.save(str(tmp))
+        _save_without_locations(program, tmp)
         ort_probs = _onnx_probabilities(tmp, x_val)
         diff = float(np.abs(ort_probs - torch_probs).max())
         if not diff < tolerance:
