@@ -1,13 +1,15 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11, pip and make:
 #   make demo   create .venv, install the pinned dependencies, run the workflow on the bundled sample
 #   make test   the same set-up, then the whole test suite (what CI runs)
+# and one builds the container image (docker/Dockerfile) from a wheelhouse of the pinned wheels:
+#   make image [CONTAINER=docker] [BASE=$$(docker/local-base.sh)]
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PYTHON := $(PYTHON)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint serve app clean gpu-check
+.PHONY: venv demo test test-fast lint serve app clean gpu-check image
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +46,20 @@ clean:
 # The GPU path end to end on a machine with a GPU (benchmarks/gpu_check.py; writes gpu_check.json).
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py --data ../shared/data/ham10000 --out gpu_check.json
+
+# The container image: the pinned wheels collected once into a wheelhouse (sdists built here), then the build, which
+# installs from it without a package index. BASE=$(docker/local-base.sh) where no registry answers.
+CONTAINER ?= podman
+IMAGE ?= skinlesion
+BASE ?= python:3.11.7-slim-bookworm
+WHEELHOUSE ?= build/wheelhouse
+GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+
+$(WHEELHOUSE)/.complete: requirements.lock
+	$(BIN)/pip wheel --quiet --no-deps -r requirements.lock "setuptools>=68" -w $(WHEELHOUSE)
+	touch $@
+
+image: $(STAMP) $(WHEELHOUSE)/.complete
+	CONTAINERS_CONF=$${CONTAINERS_CONF:-$(CURDIR)/docker/containers.conf} $(CONTAINER) build \
+	  -f docker/Dockerfile --build-context wheels=$(WHEELHOUSE) --build-arg BASE=$(BASE) \
+	  --build-arg SKINLESION_GIT_COMMIT="$(GIT_COMMIT)" -t $(IMAGE) .

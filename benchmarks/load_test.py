@@ -4,7 +4,8 @@
 
 Starts ``skinlesion serve`` on a free port, runs ``benchmarks/locustfile.py`` headless against it,
 and prints p50/p95/p99 latency, throughput and the error count (locust's and the service's own
-Prometheus error counter, which must agree).
+Prometheus error counter, which must agree). ``--out`` writes them as JSON with the command,
+hardware, date and commit (docs/benchmarks.md renders it).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--spawn-rate", type=int, default=8)
     parser.add_argument("--duration", default="30s")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads in the service")
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help="also write the result, with command and hardware, as JSON")
     args = parser.parse_args()
 
     port = free_port()
@@ -85,7 +86,13 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        from skinlesion.io import atomic_path
+        from skinlesion.provenance import git_commit, measurement
+
+        command = "python benchmarks/load_test.py " + " ".join(sys.argv[1:])
+        record = {"kind": "load_test"} | result | measurement(command, git_commit(ROOT))
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
