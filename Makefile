@@ -53,7 +53,8 @@ CONTAINER ?= podman
 IMAGE ?= skinlesion
 BASE ?= python:3.11.7-slim-bookworm
 WHEELHOUSE ?= build/wheelhouse
-GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# The commit as result files record it (marked when tracked files have uncommitted changes).
+GIT_COMMIT ?= $(shell $(BIN)/python -c 'from skinlesion.provenance import git_commit; print(git_commit("."))' 2>/dev/null || echo unknown)
 
 $(WHEELHOUSE)/.complete: requirements.lock
 	$(BIN)/pip wheel --quiet --no-deps -r requirements.lock "setuptools>=68" -w $(WHEELHOUSE)

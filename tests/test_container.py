@@ -16,7 +16,6 @@ import pytest
 import requests
 
 from conftest import ROOT, SAMPLE, free_port, running
-from skinlesion.provenance import git_commit
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +47,7 @@ def image() -> str:
     )
     assert base.returncode == 0, base.stderr[-4000:]
     build = subprocess.run(
-        ["make", "image", f"BASE={base.stdout.split()[-1]}", f"IMAGE={IMAGE}", f"GIT_COMMIT={git_commit(ROOT)}"],
+        ["make", "image", f"BASE={base.stdout.split()[-1]}", f"IMAGE={IMAGE}"],
         capture_output=True,
         text=True,
         env=ENV,

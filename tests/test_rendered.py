@@ -16,6 +16,7 @@ from skinlesion.rendered import (
     render_text,
     stale_blocks,
     workflow,
+    workflow_goals,
     workflow_per_lesion,
     workflow_runtime,
 )
@@ -145,6 +146,12 @@ def test_a_workflow_run_is_recorded_from_its_own_files(sample_run, tmp_path):
         m = metrics[tier]["test_per_lesion"]["metrics"]["malignant_auroc"]
         assert f"{m['value']:.3f} ({m['ci_low']:.3f}–{m['ci_high']:.3f})" in per_lesion
         assert f"| {tier} | 32 px, 2 | {model['train']['minutes']:.1f} min |" in runtime
+    # Against the goals: the best model of each scoring unit, and whether it reaches the goal.
+    goals = workflow_goals(record)
+    for block, unit in [("test", "per image"), ("test_with_metadata_per_lesion", "per lesion + metadata")]:
+        value, model = max((m[block]["metrics"]["malignant_auroc"]["value"], m["model"]) for m in record["models"])
+        verdict = "met" if value >= 0.93 else "not met"
+        assert f"| {unit} |" in goals and f"{value:.3f} ({model}): {verdict} |" in goals
 
 
 def test_a_run_without_metrics_is_refused(tmp_path):

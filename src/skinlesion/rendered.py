@@ -167,6 +167,36 @@ def workflow_runtime(record: dict) -> str:
     )
 
 
+# The project's goals: the best model per test image, and the time budgets of the default run.
+GOALS = {"balanced_accuracy": 0.70, "malignant_auroc": 0.93, "train_minutes": 30, "wall_minutes": 120}
+
+
+def workflow_goals(record: dict) -> str:
+    """A workflow run against the goals: the best model for each metric and scoring unit, and the budgets."""
+    units = [("test", "per image"), ("test_with_metadata", "per image + metadata")]
+    units += [("test_per_lesion", "per lesion"), ("test_with_metadata_per_lesion", "per lesion + metadata")]
+    table = []
+    for block, unit in units:
+        cells = [unit]
+        for metric in ("balanced_accuracy", "malignant_auroc"):
+            scored = [(m[block]["metrics"][metric]["value"], m["model"]) for m in record["models"] if block in m]
+            value, model = max(scored)
+            cells.append(f"{value:.3f} ({model}): {'met' if value >= GOALS[metric] else 'not met'}")
+        table.append(cells)
+    header = [
+        "test scoring",
+        f"best balanced accuracy (goal ≥ {GOALS['balanced_accuracy']:.2f})",
+        f"best malignant AUROC (goal ≥ {GOALS['malignant_auroc']:.2f})",
+    ]
+    longest = max((m for m in record["models"] if "train" in m), key=lambda m: m["train"]["minutes"])
+    return (
+        _table(header, table)
+        + f"\n\nThe longest train rule: {longest['train']['minutes']:.1f} min ({longest['model']}; budget "
+        f"{GOALS['train_minutes']} min per tier); the whole run: {record['wall_minutes']:.1f} min (budget "
+        f"{GOALS['wall_minutes']} min). {_stamp(record)}.\n"
+    )
+
+
 def train_throughput(record: dict) -> str:
     """Training throughput per tier and augmentation path (``benchmarks/train_throughput.py --out``)."""
     header = ["tier", "augmentation", "input", "precision", "images/s: median (each run)", "data wait"]
@@ -224,15 +254,47 @@ def data_stage(record: dict) -> str:
     )
 
 
+def load_test(record: dict) -> str:
+    """The service under load (``benchmarks/load_test.py --out``)."""
+    return (
+        f"**{record['throughput_rps']:.1f} requests/s, p50 {record['p50_ms']:.0f} ms, p95 {record['p95_ms']:.0f} ms, "
+        f"p99 {record['p99_ms']:.0f} ms**; {record['requests']:,} requests, {record['failures']} failed, "
+        f"{record['service_errors']} counted by the service's own error counter ({record['users']} users for "
+        f"{record['duration']}). {_stamp(record)}.\n"
+    )
+
+
+def containers(record: dict) -> str:
+    """The image's size, build times and the sample workflow in it (``benchmarks/containers.py --out``)."""
+    native, inside = (statistics.median(record[k]) for k in ("sample_workflow_native_s", "sample_workflow_container_s"))
+    rows = [
+        ["image size", f"{record['image_bytes'] / 1e9:.2f} GB"],
+        ["wheelhouse (`pip wheel` of requirements.lock)", f"{record['wheelhouse_s']:.0f} s"],
+        ["cold build (no layer cache)", f"{record['cold_build_s']:.0f} s"],
+        ["warm build (after a source change)", f"{record['warm_build_s']:.0f} s"],
+        ["bundled-sample workflow, native", f"{native:.0f} s"],
+        ["bundled-sample workflow, in the image", f"{inside:.0f} s ({inside / native:.2f}× native)"],
+    ]
+    runs = len(record["sample_workflow_native_s"])
+    return (
+        _table(["", "measured"], rows)
+        + f"\n\nBase image {record['base']}; workflow times are medians of {runs} run(s) each; 1-minute load "
+        f"average at the start {record['load_average_at_start']:.1f}. {_stamp(record)}.\n"
+    )
+
+
 # (kind, view) -> renderer; a block names its view after '#': "<!-- rendered from FILE#runtime -->".
 RENDERERS = {
     ("selection", ""): selection,
     ("workflow", ""): workflow,
     ("workflow", "per_lesion"): workflow_per_lesion,
     ("workflow", "runtime"): workflow_runtime,
+    ("workflow", "goals"): workflow_goals,
     ("train_throughput", ""): train_throughput,
     ("inference", ""): inference,
     ("data_stage", ""): data_stage,
+    ("load_test", ""): load_test,
+    ("containers", ""): containers,
 }
 
 
