@@ -1,6 +1,7 @@
 """Every number rendered into README.md and docs/ matches the results file it names."""
 
 import json
+import runpy
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ from conftest import ROOT
 from skinlesion.evaluate.metrics import recommended_tier
 from skinlesion.rendered import (
     BLOCK,
+    RENDERERS,
     adopt,
     main,
     render_text,
@@ -159,3 +161,17 @@ def test_a_run_without_metrics_is_refused(tmp_path):
     record_py = [sys.executable, str(ROOT / "benchmarks" / "record.py"), "workflow", "--results", str(tmp_path)]
     done = subprocess.run([*record_py, "--time-log", "x", "--command", "x"], capture_output=True, text=True)
     assert done.returncode != 0 and "metrics holds no tier's metrics JSON" in done.stderr
+
+
+def test_a_ci_run_is_recorded_from_pytests_summary_line():
+    ci_run = runpy.run_path(str(ROOT / "benchmarks" / "ci_run.py"))
+    log = "collected 177 items\n...\n= 1 failed, 173 passed, 3 skipped, 259 warnings in 2157.55s (0:35:57) =\n"
+    summary = ci_run["pytest_summary"](log)
+    assert summary == {"counts": {"failed": 1, "passed": 173, "skipped": 3, "warnings": 259}, "pytest_s": 2157.55}
+    with pytest.raises(ValueError, match="no pytest summary"):
+        ci_run["pytest_summary"]("make: *** [Makefile:14: .venv/.installed] Error 1\n")
+    record = {"kind": "ci_run", "wall_s": 2445.0, "install_s": 287.4, **summary, "preinstalled": [], "cores": 2}
+    record |= {"podman_reset": True, "command": "ci_run.py", "hardware": "cpu", "date": "d", "commit": "c"}
+    text = RENDERERS["ci_run", ""](record)
+    assert "**40 min 45 s**" in text and "install 4 min 47 s" in text and "`make test` 35 min 58 s" in text
+    assert "1 failed, 173 passed, 3 skipped" in text and "already installed: none" in text

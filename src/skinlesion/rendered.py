@@ -283,6 +283,23 @@ def containers(record: dict) -> str:
     )
 
 
+def _minutes(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds} s"
+
+
+def ci_run(record: dict) -> str:
+    """`.ci/run` from a fresh clone (``benchmarks/ci_run.py --out``): install and test suite."""
+    counts = ", ".join(f"{n} {what}" for what, n in record["counts"].items())
+    before = ", ".join(record["preinstalled"]) or "none"
+    cache = "podman's images and layer cache deleted first" if record["podman_reset"] else "podman's cache kept"
+    return (
+        f"**{_minutes(record['wall_s'])}** in all on {record['cores']} cores: install "
+        f"{_minutes(record['install_s'])}, `make test` {_minutes(record['pytest_s'])} ({counts}). The clone had no "
+        f"`.venv` and no wheelhouse; {cache}; apt tools already installed: {before}. {_stamp(record)}.\n"
+    )
+
+
 # (kind, view) -> renderer; a block names its view after '#': "<!-- rendered from FILE#runtime -->".
 RENDERERS = {
     ("selection", ""): selection,
@@ -295,6 +312,7 @@ RENDERERS = {
     ("data_stage", ""): data_stage,
     ("load_test", ""): load_test,
     ("containers", ""): containers,
+    ("ci_run", ""): ci_run,
 }
 
 
