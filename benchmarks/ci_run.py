@@ -55,9 +55,10 @@ def main() -> None:
     if args.reset_podman and shutil.which("podman"):
         subprocess.run(["podman", "system", "reset", "--force"], env=env, check=True, capture_output=True)
     preinstalled = [tool for tool in TOOLS if shutil.which(tool)]
-    with tempfile.TemporaryDirectory(prefix="ci-clone-", dir=ROOT.parent) as tmp:
-        clone = Path(tmp) / "skinlesion"
-        subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    if not (ROOT.parent / "shared").is_dir():
+        sys.exit(f"{ROOT.parent / 'shared'} is missing: .ci/run needs ../shared beside the clone")
+    with tempfile.TemporaryDirectory(prefix="ci-clone-", dir=ROOT.parent) as clone:  # beside ../shared
+        subprocess.run(["git", "clone", "--quiet", str(ROOT), clone], check=True)
         start = time.perf_counter()
         proc = subprocess.run(["bash", ".ci/run"], cwd=clone, capture_output=True, text=True)
         wall = time.perf_counter() - start
