@@ -51,12 +51,12 @@ def main() -> None:
     commit = git_commit(ROOT)
     if " " in commit:  # "(with uncommitted changes)"
         sys.exit(f"{ROOT} has uncommitted changes: the clone would not test them; commit first")
+    if not (ROOT.parent / "shared").is_dir():
+        sys.exit(f"{ROOT.parent / 'shared'} is missing: .ci/run needs ../shared beside the clone")
     env = {**os.environ, "CONTAINERS_CONF": str(ROOT / "docker" / "containers.conf")}
     if args.reset_podman and shutil.which("podman"):
         subprocess.run(["podman", "system", "reset", "--force"], env=env, check=True, capture_output=True)
     preinstalled = [tool for tool in TOOLS if shutil.which(tool)]
-    if not (ROOT.parent / "shared").is_dir():
-        sys.exit(f"{ROOT.parent / 'shared'} is missing: .ci/run needs ../shared beside the clone")
     with tempfile.TemporaryDirectory(prefix="ci-clone-", dir=ROOT.parent) as clone:  # beside ../shared
         subprocess.run(["git", "clone", "--quiet", str(ROOT), clone], check=True)
         start = time.perf_counter()
