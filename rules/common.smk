@@ -24,6 +24,7 @@ from skinlesion.config import (  # noqa: E402
     use_own_executables,
 )
 from skinlesion.train.selection import DEFAULT, variant_settings  # noqa: E402
+from skinlesion.train.weights import package_folder  # noqa: E402
 
 # A nested --config value ('export={quantize: true}') arrives as strings; type it by the schema.
 config.update(typed_config(config))
@@ -85,6 +86,15 @@ EVAL_OUTPUTS = [
 def selection_variants(tier):
     """The selection variants of a tier: its own settings first, then the configured ones."""
     return [DEFAULT, *config["selection"]["variants"].get(tier, {})]
+
+
+def pretrained_weights(settings):
+    """The converted weights folder a training with these settings starts from, as an input
+    (``weights: package``; nothing for the other sources, which timm reads itself)."""
+    model = settings["model"]
+    if model.get("pretrained") and model.get("weights") == "package":
+        return {"weights": package_folder(RESULTS, model["backbone"])}
+    return {}
 
 
 def raw(name):

@@ -22,6 +22,11 @@ rule cv_folds:
 
 rule cv_fold:
     input:
+        unpack(
+            lambda wc: pretrained_weights(
+                variant_settings(config["train"], wc.tier, wc.variant, config["selection"]["variants"])
+            )
+        ),
         folds=f"{SELECTION}/folds.csv",
         checksums=f"{DATA}/checksums.csv",
         images=DEVELOPMENT["images"],

