@@ -35,6 +35,7 @@ from skinlesion.config import load_config
 from skinlesion.evaluate.metrics import recommended_tier
 from skinlesion.io import atomic_path
 from skinlesion.provenance import git_commit, measurement
+from skinlesion.tables import test_scorings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,8 +73,8 @@ def _job(results: Path, name: str) -> dict:
 
 
 def _scored(result: dict) -> dict:
-    """The test blocks of a metrics JSON, without their per-class tables."""
-    blocks = [b for b in result if b.startswith("test")]
+    """The test (and external) blocks of a metrics JSON, without their per-class tables."""
+    blocks = [b for b in result if b.startswith(("test", "external"))]
     return {b: {k: v for k, v in result[b].items() if k not in ("per_class", "provenance")} for b in blocks}
 
 
@@ -92,7 +93,9 @@ def time_log(path: Path) -> dict:
 
 def record_workflow(results: Path, command: str, time_log_file: Path) -> dict:
     metrics = {p.stem: json.loads(p.read_text()) for p in sorted((results / "metrics").glob("*.json"))}
-    tiers = [name for name, m in metrics.items() if "members" not in m and not name.endswith("_external")]
+    tiers = [
+        name for name, m in metrics.items() if "members" not in m and not name.endswith(("_external", "_deployed"))
+    ]
     if not tiers:
         raise SystemExit(f"{results}/metrics holds no tier's metrics JSON: is it a finished run's results/?")
     ensemble = metrics.get("ensemble")
@@ -121,12 +124,18 @@ def record_workflow(results: Path, command: str, time_log_file: Path) -> dict:
         )
         if f"{tier}_external" in metrics:
             models[-1]["external"] = _scored({"test": metrics[f"{tier}_external"]})["test"]
+        if f"{tier}_deployed" in metrics:  # the export as served: ONNX, no TTA, its temperature and threshold
+            onnx = metrics[f"{tier}_deployed"]["onnx"]
+            models[-1]["deployed"] = {precision: _scored(blocks) for precision, blocks in onnx.items()}
     if ensemble:
         name = "mean of " + " + ".join(ensemble["members"])
         models.append({"model": name, "evaluate": _job(results, "evaluate_ensemble"), **_scored(ensemble)})
     written = datetime.fromtimestamp((results / "report.html").stat().st_mtime, UTC)
+    ledger = test_scorings(results / "test_ledger.csv")
     return {
         "kind": "workflow",
+        # Every scoring of the run's test split (results/test_ledger.csv), carried with the record.
+        "test_ledger": ledger.to_dict("records"),
         "models": models,
         "recommended": recommended_tier({t: metrics[t] for t in tiers}),
         "tta": metrics[tiers[0]]["tta"],

@@ -50,6 +50,8 @@ PREDICTIONS = "results/predictions"
 BENCHMARKS = "results/benchmarks"
 SELECTION = "results/selection"
 TIERS = config["train"]["tiers"]
+# One line per scoring of the test split, appended by the rules that score it (not a rule output).
+LEDGER = f"{RESULTS}/test_ledger.csv"
 
 # The preprocessed cache with the development split table (train and val rows only): what
 # training, selection, thresholds, calibration and the metadata model read (docs/evaluation.md).

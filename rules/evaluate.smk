@@ -18,6 +18,7 @@ rule evaluate:
         n_boot=config["evaluate"]["n_boot"],
         seed=config["seed"],
         device=config["evaluate"]["device"],
+        ledger=LEDGER,
     wildcard_constraints:
         tier="|".join(TIERS),
     threads: workflow.cores
@@ -50,6 +51,7 @@ rule evaluate_ensemble:
         target_sensitivity=config["evaluate"]["target_sensitivity"],
         n_boot=config["evaluate"]["n_boot"],
         seed=config["seed"],
+        ledger=LEDGER,
     benchmark:
         f"{BENCHMARKS}/evaluate_ensemble.tsv"
     log:
@@ -58,6 +60,41 @@ rule evaluate_ensemble:
         "../envs/torch.yaml"
     script:
         "../scripts/evaluate_ensemble.py"
+
+
+# The exported model as the service runs it (ONNX Runtime, no TTA, its temperature and threshold; fp32
+# and, when exported, int8) on the test split and the external set.
+rule evaluate_deployed:
+    input:
+        onnx=f"{EXPORT}/{{tier}}/model.onnx",
+        contract=f"{EXPORT}/{{tier}}/model.json",
+        int8=f"{EXPORT}/{{tier}}/model.int8.onnx" if config["export"]["quantize"] else [],
+        checksums=f"{DATA}/checksums.csv",
+        images=CACHE["images"],
+        index=CACHE["index"],
+        split=CACHE["split"],
+        external_images=EXTERNAL["images"] if EXTERNAL else [],
+        external_ground_truth=EXTERNAL["ground_truth"] if EXTERNAL else [],
+    output:
+        metrics=f"{METRICS}/{{tier}}_deployed.json",
+        predictions=f"{PREDICTIONS}/{{tier}}_deployed_test.csv",
+    params:
+        n_boot=config["evaluate"]["n_boot"],
+        seed=config["seed"],
+        ledger=LEDGER,
+    wildcard_constraints:
+        tier="|".join(TIERS),
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+    benchmark:
+        f"{BENCHMARKS}/evaluate_deployed/{{tier}}.tsv"
+    log:
+        f"{LOGS}/evaluate_deployed/{{tier}}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/evaluate_deployed.py"
 
 
 rule evaluation_figures:

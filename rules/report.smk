@@ -23,6 +23,7 @@ rule compare:
         metrics=expand(f"{METRICS}/{{tier}}.json", tier=TIERS),
         histories=expand(f"{MODELS}/{{tier}}/history.csv", tier=TIERS),
         ensemble=f"{METRICS}/ensemble.json" if len(TIERS) > 1 else [],
+        deployed=expand(f"{METRICS}/{{tier}}_deployed.json", tier=TIERS),
     output:
         report(f"{METRICS}/comparison.csv", caption="../report/comparison.rst", category="Evaluation"),
     benchmark:
@@ -50,10 +51,12 @@ rule report:
         error_analysis=f"{RESULTS}/error_analysis/highlights.html",
         error_analysis_html=f"{RESULTS}/error_analysis/error_analysis.html",
         external=expand(f"{METRICS}/{{tier}}_external.json", tier=TIERS) if EXTERNAL else [],
+        deployed=expand(f"{METRICS}/{{tier}}_deployed.json", tier=TIERS),
     output:
         "results/report.html",
     params:
         tiers=TIERS,
+        ledger=LEDGER,
         benchmarks=BENCHMARKS,
         workflow_dir=workflow.basedir,
     benchmark:

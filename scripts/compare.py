@@ -7,4 +7,5 @@ with log_to(snakemake.log[0]):
         list(snakemake.input.histories),
         snakemake.output[0],
         ensemble=snakemake.input.ensemble or None,
+        deployed=list(snakemake.input.deployed),
     )

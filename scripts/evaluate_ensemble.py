@@ -16,4 +16,5 @@ with log_to(snakemake.log[0]):
         seed=snakemake.params.seed,
         metadata_model=snakemake.input.metadata or None,
         provenance=job_provenance(snakemake),
+        ledger=snakemake.params.ledger,
     )

@@ -23,4 +23,6 @@ with log_to(snakemake.log[0]):
         error_analysis=snakemake.input.get("error_analysis"),
         external=dict(zip(tiers, snakemake.input.external, strict=True)) if snakemake.input.get("external") else None,
         benchmark_dir=snakemake.params.benchmarks,
+        deployed=dict(zip(tiers, snakemake.input.deployed, strict=True)),
+        ledger=snakemake.params.ledger,
     )

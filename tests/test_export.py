@@ -15,8 +15,9 @@ from torchvision.transforms import v2
 from conftest import FULLRES, ROOT, need
 from skinlesion import MALIGNANT
 from skinlesion.evaluate.metrics import sens_spec
+from skinlesion.io import sha256sum as sha256
 from skinlesion.rendered import inference
-from skinlesion.serve.export import Deployed, export_tier, fit_temperature, sha256, weights_sha256
+from skinlesion.serve.export import Deployed, export_tier, fit_temperature, weights_sha256
 from skinlesion.serve.inference import OnnxClassifier, decode, to_input
 from skinlesion.tables import load_development_table
 from skinlesion.train.module import load_classifier
@@ -35,7 +36,7 @@ def test_onnx_runtime_agrees_with_pytorch_for_any_batch_size(sample_run, tier):
     contract = json.loads((export / "model.json").read_text())
     clf = OnnxClassifier(export)
     model = load_classifier(sample_run / contract["checkpoint"])
-    deployed = Deployed(model, contract["temperature"]).eval()
+    deployed = Deployed(model, contract["temperature"], contract["class_prior"]).eval()
     squares = [decode(n, d, size=clf.cache_size, max_pixels=10**8) for n, d in fullres_images()]
     batch = np.stack([to_input(sq, clf.input_size) for sq in squares])
     with torch.no_grad():
@@ -55,7 +56,8 @@ def test_sidecar_is_the_inference_contract(sample_run, tier):
     assert c["malignant_classes"] == list(MALIGNANT)
     # Trained with the class-balanced sampler: p_malignant is reweighted by the training frequencies.
     train = pd.read_csv(sample_run / "results" / "data" / "split.csv").query("split == 'train'")
-    assert c["malignant_prior"] == pytest.approx(train["dx"].value_counts(normalize=True)[c["class_names"]].tolist())
+    assert c["class_prior"] == pytest.approx(train["dx"].value_counts(normalize=True)[c["class_names"]].tolist())
+    assert c["probabilities"].startswith("population")
     assert c["input"]["size"] == 32 and c["preprocess"]["cache_size"] == 128  # profiles/sample/sample.yaml
     assert len(c["normalisation"]["mean"]) == 3 and c["temperature"] > 0
     assert c["parity"]["max_abs_diff"] < 1e-4

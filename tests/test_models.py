@@ -138,29 +138,27 @@ def test_reloaded_checkpoint_predicts_identically(tmp_path):
     assert reloaded.hparams.image_size == 32 and reloaded.hparams.class_names == class_names("multiclass")
 
 
-def test_pretrained_without_weights_says_how_to_fix(tmp_path, monkeypatch):
+def test_pretrained_without_weights_says_how_to_fix(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(PretrainedWeightsError, match="weights_file.*pretrained: false"):
-        build_transfer(7, "efficientnet_b0", pretrained=True)
-    with pytest.raises(PretrainedWeightsError, match="does not exist"):
-        build_transfer(7, "efficientnet_b0", pretrained=True, weights_file=str(tmp_path / "nope.safetensors"))
+    with pytest.raises(PretrainedWeightsError, match="weights: package.*pretrained: false"):
+        build_transfer(7, "efficientnet_b0", pretrained=True, weights="hub")
+    with pytest.raises(PretrainedWeightsError, match="use package, hub, hf-hub"):
+        build_transfer(7, "efficientnet_b0", pretrained=True, weights="somewhere")
 
 
-def test_pretrained_loads_a_local_weights_file(tmp_path):
-    """Weights saved from one backbone load into a fresh one; only the new head differs."""
-    import timm
-    from safetensors.torch import save_file
-
-    source = timm.create_model("efficientnet_b0", num_classes=1000)
-    save_file(source.state_dict(), tmp_path / "model.safetensors")
-    model = build_transfer(7, "efficientnet_b0", pretrained=True, weights_file=str(tmp_path / "model.safetensors"))
-    assert torch.equal(model.conv_stem.weight, source.conv_stem.weight)
-    assert model.get_classifier().out_features == 7
-
-
-def test_pretrained_weights_come_through_timm_from_the_hub(tmp_path):
-    """pretrained: true without weights_file: timm fetches ImageNet weights from the Hugging Face hub,
-    here a stand-in on 127.0.0.1 (HF_ENDPOINT); the backbone is the hub's, only the head is new."""
+@pytest.mark.parametrize(
+    ("weights", "path"),
+    [
+        ("hub", "/timm/efficientnet_b0.ra_in1k/resolve/main/model.safetensors"),
+        ("hf-hub:someone/b0-derm", "/someone/b0-derm/resolve/main/model.safetensors"),
+    ],
+)
+def test_pretrained_weights_come_through_timm_from_the_hub(tmp_path, weights, path):
+    """weights: hub (the backbone's default tag) or hf-hub:REPO: timm fetches the weights from the
+    Hugging Face hub, here a stand-in on 127.0.0.1 (HF_ENDPOINT); the backbone is the hub's, only the
+    head is new, and the checkpoint's record names the repository and the file's SHA-256."""
+    import hashlib
+    import json
     import os
     import subprocess
     import sys
@@ -168,24 +166,41 @@ def test_pretrained_weights_come_through_timm_from_the_hub(tmp_path):
     import timm
     from hf_hub_server import serve
     from safetensors.torch import load_file, save
+    from timm.models import save_for_hf
 
     source = timm.create_model("efficientnet_b0", num_classes=1000)
-    server, requests = serve({"model.safetensors": save(source.state_dict())})
+    save_for_hf(source, str(tmp_path / "repo"), safe_serialization=True)
+    blob = save(source.state_dict())
+    config = (tmp_path / "repo" / "config.json").read_bytes()
+    server, requests = serve({"model.safetensors": blob, "config.json": config})
     code = (
-        "import sys; from safetensors.torch import save_file; from skinlesion.train.models import build_transfer; "
-        "m = build_transfer(7, 'efficientnet_b0', pretrained=True); save_file(m.state_dict(), sys.argv[1])"
+        "import sys, json; from safetensors.torch import save_file; "
+        "from skinlesion.train.models import build_transfer; "
+        "from skinlesion.train.weights import resolve, weights_provenance; "
+        "m = build_transfer(7, 'efficientnet_b0', pretrained=True, weights=sys.argv[2]); "
+        "save_file(m.state_dict(), sys.argv[1]); "
+        "print(json.dumps(weights_provenance(resolve(sys.argv[2], 'efficientnet_b0'))))"
     )
     env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}", "HF_HUB_CACHE": str(tmp_path)}
     env["HF_HUB_DISABLE_XET"] = "1"
     try:
-        subprocess.run([sys.executable, "-c", code, str(tmp_path / "loaded.safetensors")], env=env, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "loaded.safetensors"), weights],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     finally:
         server.shutdown()
-    assert ("GET", "/timm/efficientnet_b0.ra_in1k/resolve/main/model.safetensors") in requests
+    assert ("GET", path) in requests
     loaded, expected = load_file(tmp_path / "loaded.safetensors"), source.state_dict()
     backbone = [k for k in loaded if not k.startswith("classifier.")]
     assert len(backbone) > 300 and all(torch.equal(loaded[k], expected[k]) for k in backbone)
     assert loaded["classifier.weight"].shape == (7, 1280)
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["source"] == "hf-hub:" + path.split("/resolve/")[0].lstrip("/")
+    assert record["weights_sha256"] == hashlib.sha256(blob).hexdigest()
 
 
 @pytest.mark.parametrize("tier", list(SMALL))

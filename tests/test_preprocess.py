@@ -155,3 +155,23 @@ def test_square_input_is_only_resized():
     buf = io.BytesIO()
     frame.save(buf, format="PNG")
     np.testing.assert_array_equal(load_square(buf.getvalue(), 150), np.asarray(square))
+
+
+def test_the_cache_and_the_service_see_the_same_pixels_of_full_size_jpegs(tmp_path):
+    """The 150 full-size 600x450 HAM10000 JPEGs: the cache built from a zip of them (the preprocess rule)
+    and the service's decode of the same bytes give byte-identical arrays, at the default cache size."""
+    from skinlesion.serve.inference import MAX_PIXELS, decode
+
+    fullres = need(FULLRES)
+    meta = pd.read_csv(fullres / "metadata.csv")
+    archive = tmp_path / "HAM10000_images_part_1.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for image_id in meta["image_id"]:
+            zf.write(fullres / f"{image_id}.jpg", f"{image_id}.jpg")
+    index, out = run(tmp_path, zips=[archive], meta=fullres / "metadata.csv", image_size=128)
+    cache = np.load(out / "images.npy")
+    assert len(index) == len(meta) == 150
+    for row, image_id in zip(index["row"], index["image_id"], strict=True):
+        data = (fullres / f"{image_id}.jpg").read_bytes()
+        served = decode(f"{image_id}.jpg", data, size=128, max_pixels=MAX_PIXELS)
+        assert np.array_equal(cache[row], served), image_id

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import free_port, running
-from skinlesion.serve.inference import OnnxClassifier, decode
+from skinlesion.serve.inference import OnnxClassifier, decode, to_input
 from skinlesion.serve.service import create_app
 from test_export import fullres_images
 
@@ -46,13 +46,44 @@ def test_predict_several_images(client, export_dir, jpegs):
     assert [p["file"] for p in body["predictions"]] == [name for name, _ in jpegs]
     expected = clf.predict([(n, decode(n, d, size=clf.cache_size, max_pixels=10**8)) for n, d in jpegs])
     for got, want in zip(body["predictions"], expected, strict=True):
-        assert sum(got["probabilities"].values()) == pytest.approx(1, abs=1e-5)
-        assert got["probabilities"] == pytest.approx(want.probabilities, abs=1e-6)
-        weighted = {c: p * w for (c, p), w in zip(got["probabilities"].items(), clf.malignant_prior, strict=True)}
-        malignant = sum(weighted[c] for c in ("akiec", "bcc", "mel")) / sum(weighted.values())
-        assert got["p_malignant"] == pytest.approx(malignant)
+        probs = got["probabilities"]
+        assert sum(probs.values()) == pytest.approx(1, abs=1e-5)
+        assert probs == pytest.approx(want.probabilities, abs=1e-6)
+        # Population probabilities: p_malignant is their malignant sum, the class the balanced decision.
+        assert got["p_malignant"] == pytest.approx(sum(probs[c] for c in ("akiec", "bcc", "mel")), abs=1e-6)
         assert got["decision"] == ("malignant" if got["p_malignant"] >= clf.threshold else "benign")
-        assert got["predicted_class"] == max(got["probabilities"], key=got["probabilities"].get)
+        balanced = {c: p / w for (c, p), w in zip(probs.items(), clf.class_prior, strict=True)}
+        assert got["predicted_class"] == max(balanced, key=balanced.get)
+
+
+def test_probabilities_are_the_populations_not_the_uniform_priors(client, export_dir, jpegs):
+    """Under the sample's skewed training prior (nv most frequent) the returned columns are the
+    uniform-prior ones reweighted by that prior: they differ from the uniform-prior columns."""
+    import onnxruntime as ort
+
+    clf = OnnxClassifier(export_dir)
+    prior = np.asarray(clf.class_prior)
+    assert prior.max() / prior.min() > 5
+    got = np.array([list(p["probabilities"].values()) for p in post(client, *jpegs).json()["predictions"]])
+    session = ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    batch = np.stack([to_input(decode(n, d, size=clf.cache_size, max_pixels=10**8), clf.input_size) for n, d in jpegs])
+    logits = session.run(["logits"], {"image": batch})[0] / clf.contract["temperature"]
+    uniform = np.exp(logits - logits.max(1, keepdims=True))
+    uniform /= uniform.sum(1, keepdims=True)
+    population = uniform * prior / (uniform * prior).sum(1, keepdims=True)
+    np.testing.assert_allclose(got, population, atol=1e-5)
+    assert np.abs(got - uniform).max() > 0.05
+
+
+def test_a_certainly_malignant_image_gets_200_not_500(client, monkeypatch, jpegs):
+    """A float32 softmax whose benign columns underflow sums its malignant columns past 1 by an ulp;
+    p_malignant is clipped to [0, 1], so the response validates."""
+    degenerate = np.array([[0.2569, 0.6032, 0, 0, 0.1399, 0, 0]], dtype=np.float32)
+    assert degenerate[0, [0, 1, 4]].sum(dtype=np.float64) > 1
+    monkeypatch.setattr(OnnxClassifier, "probabilities", lambda self, batch: np.repeat(degenerate, len(batch), 0))
+    response = post(client, jpegs[0])
+    assert response.status_code == 200
+    assert response.json()["predictions"][0]["p_malignant"] == 1.0
 
 
 def test_png_and_grayscale_images_are_accepted(client):

@@ -26,13 +26,20 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex MD5 of a file, read in chunks (the digest Dataverse and MD5SUMS publish)."""
-    digest = hashlib.md5()
+def file_digest(path: str | os.PathLike, algorithm: str) -> str:
+    """Hex digest of a file (``algorithm``: a hashlib name), read in chunks."""
     with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, algorithm).hexdigest()
+
+
+def md5sum(path: str | os.PathLike) -> str:
+    """Hex MD5 of a file (the digest Dataverse and MD5SUMS publish)."""
+    return file_digest(path, "md5")
+
+
+def sha256sum(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file."""
+    return file_digest(path, "sha256")
 
 
 def read_md5sums(path: str | os.PathLike) -> dict[str, str]:

@@ -78,3 +78,36 @@ def labels_for(table: pd.DataFrame, task: str) -> np.ndarray:
     if task == "multiclass":
         return table["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
     return table["malignant"].to_numpy()
+
+
+LEDGER_COLUMNS = ["time_utc", "git_commit", "config_sha256", "scored"]
+
+
+def record_test_scoring(ledger: str | os.PathLike | None, scored: str, provenance: dict | None) -> None:
+    """Append one line to the test split's ledger (``results/test_ledger.csv``): when, at which commit
+    and configuration, and what was scored. Every rule that scores test rows calls it, so the ledger
+    counts how often this results folder's test split has been looked at (the report shows it)."""
+    if not ledger:
+        return
+    from datetime import UTC, datetime
+
+    from filelock import FileLock
+
+    provenance = provenance or {}
+    row = {
+        "time_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "git_commit": provenance.get("git_commit", "unknown"),
+        "config_sha256": provenance.get("config_sha256", "unknown"),
+        "scored": scored,
+    }
+    path = os.fspath(ledger)
+    with FileLock(path + ".lock"):
+        new = not os.path.exists(path)
+        pd.DataFrame([row], columns=LEDGER_COLUMNS).to_csv(path, mode="a", header=new, index=False, lineterminator="\n")
+
+
+def test_scorings(ledger: str | os.PathLike) -> pd.DataFrame:
+    """The ledger's lines (none when the split has not been scored)."""
+    if not os.path.exists(ledger):
+        return pd.DataFrame(columns=LEDGER_COLUMNS)
+    return pd.read_csv(ledger, dtype=str)

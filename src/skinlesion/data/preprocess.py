@@ -71,14 +71,18 @@ def _rows(mask: pd.Series) -> str:
 def load_square(source: str | os.PathLike | bytes | Image.Image, size: int) -> np.ndarray:
     """Decode an image, centre-crop it to a square and resize it to ``size``: uint8 (size, size, 3).
 
-    This is the one preprocessing function: the cache, ``predict`` and the service all call it.
+    This is the one preprocessing function: the cache, ``predict`` and the service all call it, so they
+    see the same pixels (tests/test_preprocess.py checks on full-size HAM10000 JPEGs). An opened image
+    that is not decoded yet is decoded here, as one read from a path or bytes is.
     """
-    if isinstance(source, Image.Image):
-        img = source
-    else:
-        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        # Let libjpeg decode at a reduced scale when the image is much larger than needed.
-        img.draft("RGB", (size, size))
+    img = (
+        source
+        if isinstance(source, Image.Image)
+        else Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    )
+    # Let libjpeg decode at a reduced scale when the image is much larger than needed (a no-op for other
+    # formats, and for an image already decoded).
+    img.draft("RGB", (size, size))
     img = img.convert("RGB")
     w, h = img.size
     side = min(w, h)
@@ -156,7 +160,13 @@ def preprocess(
     index["malignant"] = index["dx"].isin(MALIGNANT).astype(int)
     index["source"] = [Path(members[i][0]).name for i in index["image_id"]]
 
-    with atomic_path(out_images) as tmp_images:
+    # Renamed innermost first: the cache, then the skipped list, the index last, so a newer index is
+    # never beside an older cache.
+    with (
+        atomic_path(out_index) as tmp_index,
+        atomic_path(out_skipped) as tmp_skipped,
+        atomic_path(out_images) as tmp_images,
+    ):
         arr = np.lib.format.open_memmap(
             tmp_images, mode="w+", dtype=np.uint8, shape=(len(index), image_size, image_size, 3)
         )
@@ -164,8 +174,10 @@ def preprocess(
             arr[row] = decoded[src]
         arr.flush()
         del arr
-        _write_csv(index, out_index)
-        _write_csv(pd.DataFrame(problems, columns=["image_id", "file", "reason"]), out_skipped)
+        index.to_csv(tmp_index, index=False, lineterminator="\n")
+        pd.DataFrame(problems, columns=["image_id", "file", "reason"]).to_csv(
+            tmp_skipped, index=False, lineterminator="\n"
+        )
     log.info("cached %d images at %dx%d (%d skipped)", len(index), image_size, image_size, len(problems))
     return index
 
@@ -218,11 +230,6 @@ def _decode_all(image_ids, members, size, threads, progress):
         for zf in opened:
             zf.close()
     return decoded, bad
-
-
-def _write_csv(frame: pd.DataFrame, dest: str | os.PathLike) -> None:
-    with atomic_path(dest) as tmp:
-        frame.to_csv(tmp, index=False, lineterminator="\n")
 
 
 def read_index(path: str | os.PathLike) -> pd.DataFrame:

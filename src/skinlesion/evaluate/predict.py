@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from torchvision.transforms import v2
 
+from skinlesion import population_probabilities
 from skinlesion.evaluate.predictions import set_binary_probability, set_class_probabilities, write_csv
 from skinlesion.tables import load_split_table
 from skinlesion.train.module import LesionClassifier, load_classifier
@@ -48,7 +49,9 @@ def probability_table(model: LesionClassifier, probs: np.ndarray, image_ids) -> 
     """
     table = pd.DataFrame({"image_id": list(image_ids)})
     if model.binary:
-        set_binary_probability(table, probs[:, 1])
+        # p_malignant in the population (the training prior); dx the balanced decision, at 0.5 before it.
+        set_binary_probability(table, population_probabilities(probs, model.hparams.get("malignant_prior"))[:, 1])
+        table["dx"] = np.where(probs[:, 1] >= 0.5, "malignant", "benign")
     else:
         set_class_probabilities(table, probs, model.hparams.get("malignant_prior"))
     return table

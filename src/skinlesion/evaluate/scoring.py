@@ -20,7 +20,7 @@ from skinlesion.evaluate.metrics import (
 )
 from skinlesion.evaluate.predictions import mean_predictions, per_lesion, with_metadata, write_csv
 from skinlesion.io import atomic_path
-from skinlesion.tables import load_split_table
+from skinlesion.tables import load_split_table, record_test_scoring
 from skinlesion.train.metadata import load_metadata_model
 
 CALIBRATION_NOTE = "population probabilities: the class columns reweighted by the training split's class frequencies"
@@ -115,9 +115,11 @@ def evaluate_tier(
     metadata_model: str | os.PathLike | None = None,
     provenance: dict | None = None,
     device: str = "cpu",
+    ledger: str | os.PathLike | None = None,
 ) -> dict:
     """The evaluate rule (inference on ``device``): threshold on val, metrics with lesion-bootstrap CIs on test
-    (:func:`score_predictions`); writes the metrics and the val and test predictions."""
+    (:func:`score_predictions`); writes the metrics and the val and test predictions, and a line to the
+    test split's ``ledger``."""
     from skinlesion.evaluate.predict import evaluate_split
 
     val, model = evaluate_split(ckpt, images_npy, index_csv, split_csv, split="val", tta=tta, device=device)
@@ -143,6 +145,8 @@ def evaluate_tier(
     write_csv(val, out_val_predictions)
     write_csv(test, out_predictions)
     write_result(result, out_metrics)
+    blocks = ", ".join(b for b in result if b.startswith("test"))
+    record_test_scoring(ledger, f"evaluate {tier} ({'8-fold TTA' if tta else 'no TTA'}): {blocks}", provenance)
     return result
 
 
@@ -160,6 +164,7 @@ def evaluate_ensemble(
     seed: int = 0,
     metadata_model: str | os.PathLike | None = None,
     provenance: dict | None = None,
+    ledger: str | os.PathLike | None = None,
 ) -> dict:
     """The evaluate_ensemble rule: the mean of the tiers' probabilities, scored like one tier (its
     threshold chosen on val). The tiers must share a task and a class prior (the same imbalance
@@ -196,4 +201,6 @@ def evaluate_ensemble(
     }
     write_csv(test, out_predictions)
     write_result(result, out_metrics)
+    blocks = ", ".join(b for b in result if b.startswith("test"))
+    record_test_scoring(ledger, f"evaluate_ensemble (mean of {' + '.join(tiers)}): {blocks}", provenance)
     return result

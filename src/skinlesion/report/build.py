@@ -12,6 +12,7 @@ import pandas as pd
 from skinlesion.evaluate.metrics import recommended_tier
 from skinlesion.io import atomic_path
 from skinlesion.provenance import run_provenance
+from skinlesion.tables import test_scorings
 
 # Published results, shown beside ours with the caveats a reader needs to compare them fairly.
 ANCHORS = [
@@ -47,16 +48,37 @@ BLOCKS = (
     ("test_with_metadata", "{tier} + metadata"),
     ("test_per_lesion", "{tier}, per lesion"),
     ("test_with_metadata_per_lesion", "{tier} + metadata, per lesion"),
+    ("test_deployed", "{tier}, as deployed (ONNX fp32, no TTA)"),
+    ("test_deployed_int8", "{tier}, as deployed (ONNX int8, no TTA)"),
 )
 
 
+def with_deployed(result: dict, deployed: dict) -> dict:
+    """A tier's metrics with the blocks of its export scored as deployed (the evaluate_deployed rule's
+    file): ``test_deployed``, ``test_deployed_int8``, and their ``external_*`` counterparts."""
+    out = dict(result)
+    for precision, suffix in (("fp32", ""), ("int8", "_int8")):
+        for unit, block in deployed["onnx"].get(precision, {}).items():
+            if unit in ("test", "external"):
+                out[f"{unit}_deployed{suffix}"] = block
+    return out
+
+
 def comparison_table(
-    metrics_files: list[str], histories: list[str], out_csv: str | os.PathLike, ensemble: str | None = None
+    metrics_files: list[str],
+    histories: list[str],
+    out_csv: str | os.PathLike,
+    ensemble: str | None = None,
+    deployed: list[str] | None = None,
 ) -> pd.DataFrame:
     """Rows per tier (value and 95% CI of each metric): by image and by lesion, each alone and with
-    the metadata; the same for the ``ensemble`` of the tiers (mean of their probabilities) when
-    given; then the published anchors."""
-    models = [(json.loads(Path(m).read_text()), pd.read_csv(h)) for m, h in zip(metrics_files, histories, strict=True)]
+    the metadata, and its export as deployed (``deployed``: the evaluate_deployed files, in the order
+    of ``metrics_files``); the same for the ``ensemble`` of the tiers (mean of their probabilities)
+    when given; then the published anchors."""
+    results = [json.loads(Path(m).read_text()) for m in metrics_files]
+    if deployed:
+        results = [with_deployed(r, json.loads(Path(d).read_text())) for r, d in zip(results, deployed, strict=True)]
+    models = [(r, pd.read_csv(h)) for r, h in zip(results, histories, strict=True)]
     if ensemble:
         models.append((json.loads(Path(ensemble).read_text()), None))
     rows = []
@@ -83,6 +105,8 @@ def comparison_table(
             )
             if "metadata" in block:
                 row["caveat"] += "; image + age, sex, body site (naive Bayes)"
+            if "deployed" in block:
+                row["caveat"] += "; the exported model as served: its temperature and threshold, no TTA"
             rows.append(row)
     table = with_integers(pd.DataFrame(rows + ANCHORS))
     with atomic_path(out_csv) as tmp:
@@ -110,10 +134,15 @@ def answer(result: dict, external: dict | None) -> pd.DataFrame:
         "test_with_metadata": "test + metadata, per image",
         "test_per_lesion": "test, per lesion",
         "test_with_metadata_per_lesion": "test + metadata, per lesion",
+        "test_deployed": "test, as deployed (ONNX fp32, no TTA), per image",
+        "test_deployed_int8": "test, as deployed (ONNX int8, no TTA), per image",
     }
     scored = [(label, result[block]) for block, label in labels.items() if block in result]
     if external:
         scored.append(("external test set (per image)", external))
+    for block, label in (("external_deployed", "fp32"), ("external_deployed_int8", "int8")):
+        if block in result:
+            scored.append((f"external test set, as deployed (ONNX {label}, no TTA)", result[block]))
     rows = []
     for name, block in scored:
         m = block["metrics"]
@@ -160,6 +189,8 @@ def build_report(
     error_analysis: str | None,
     external: dict[str, str] | None,
     benchmark_dir: str,
+    deployed: dict[str, str] | None = None,
+    ledger: str | os.PathLike | None = None,
 ) -> None:
     """Render every table and figure into one self-contained HTML page (images inlined)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
@@ -175,6 +206,8 @@ def build_report(
     tiers = []
     for tier, metrics_file in metrics.items():
         result = json.loads(Path(metrics_file).read_text())
+        if deployed and tier in deployed:
+            result = with_deployed(result, json.loads(Path(deployed[tier]).read_text()))
         per_class = pd.DataFrame(result["test"]["per_class"]).T.reset_index(names="class")
         scalar = pd.DataFrame(
             [
@@ -225,6 +258,8 @@ def build_report(
         external=external_tables,
         error_analysis=Path(error_analysis).read_text() if error_analysis else "",
         runtimes=table(rule_runtimes(benchmark_dir)),
+        test_scorings=table(test_scorings(ledger)) if ledger else "",
+        n_test_scorings=len(test_scorings(ledger)) if ledger else None,
     )
     with atomic_path(out_html) as tmp:
         tmp.write_text(html)

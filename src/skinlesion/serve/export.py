@@ -1,7 +1,11 @@
 """The export rule: a tier's best checkpoint to one ONNX file plus its JSON inference contract.
 
 The exported graph takes float32 (N, 3, n, n) RGB pixels in 0-255 (any N) and returns the
-logits and the class probabilities softmax(logits / T). Normalisation is inside the graph. On
+logits and the population class probabilities softmax(logits / T + log prior): for a model
+trained under a uniform class prior (class-balanced sampler, class weights, logit-adjusted loss),
+``prior`` is the training split's class frequencies, so the probabilities are those of the
+population the data came from, and p_malignant is the sum of the malignant columns. The
+balanced-accuracy decision is the argmax of probabilities / prior. Normalisation is inside the graph. On
 the validation split, with the deployed preprocessing (:mod:`skinlesion.serve.inference`) and no TTA,
 the export:
 
@@ -32,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skinlesion import MALIGNANT, malignant_probability
+from skinlesion import MALIGNANT
 from skinlesion.evaluate.metrics import sens_spec, threshold_for_sensitivity
-from skinlesion.io import atomic_path
-from skinlesion.serve.inference import CONTRACT_FORMAT, to_input
+from skinlesion.io import atomic_path, sha256sum
+from skinlesion.serve.inference import CONTRACT_FORMAT, balanced_decision, malignant_share, to_input
 from skinlesion.tables import load_development_table
 from skinlesion.train.module import LesionClassifier, load_classifier
 
@@ -44,16 +48,18 @@ OPSET = 18
 
 
 class Deployed(torch.nn.Module):
-    """The classifier with its temperature: image -> (logits, probabilities)."""
+    """The classifier with its temperature and class prior: image -> (logits, population probabilities)."""
 
-    def __init__(self, model: LesionClassifier, temperature: float = 1.0):
+    def __init__(self, model: LesionClassifier, temperature: float = 1.0, prior=None):
         super().__init__()
         self.model = model
         self.register_buffer("inv_temperature", torch.tensor(1.0 / temperature))
+        log_prior = torch.zeros(len(model.hparams.class_names)) if prior is None else torch.tensor(prior).log()
+        self.register_buffer("log_prior", log_prior.float())
 
     def forward(self, image: torch.Tensor):
         logits = self.model(image).float()
-        return logits, torch.softmax(logits * self.inv_temperature, dim=1)
+        return logits, torch.softmax(logits * self.inv_temperature + self.log_prior, dim=1)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, prior=None) -> float:
@@ -113,11 +119,13 @@ def quantize_int8(fp32_onnx: str | os.PathLike, out_onnx: str | os.PathLike, cal
         )
 
 
-def _val_scores(y_class: np.ndarray, y_malignant: np.ndarray, probs: np.ndarray, p_malignant: np.ndarray) -> dict:
+def _val_scores(
+    y_class: np.ndarray, y_malignant: np.ndarray, probs: np.ndarray, p_malignant: np.ndarray, prior
+) -> dict:
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     return {
-        "balanced_accuracy": float(balanced_accuracy_score(y_class, probs.argmax(axis=1))),
+        "balanced_accuracy": float(balanced_accuracy_score(y_class, balanced_decision(probs, prior))),
         "malignant_auroc": float(roc_auc_score(y_malignant, p_malignant)),
     }
 
@@ -147,14 +155,6 @@ def _onnx_probabilities(onnx_file: str | os.PathLike, x: torch.Tensor) -> np.nda
 def _inputs(images_npy: str, rows: np.ndarray, input_size: int) -> np.ndarray:
     cache = np.load(images_npy, mmap_mode="r")
     return np.stack([to_input(np.asarray(cache[r]), input_size) for r in rows])
-
-
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
@@ -203,11 +203,12 @@ def export_tier(
     else:
         labels = torch.tensor(val["dx"].map({c: i for i, c in enumerate(hp.class_names)}).to_numpy())
         malignant_classes = list(MALIGNANT)
-    prior = None if model.binary else hp.get("malignant_prior")
+    malignant_idx = [list(hp.class_names).index(c) for c in malignant_classes]
+    prior = hp.get("malignant_prior")
     temperature = fit_temperature(logits, labels, prior) if calibrate else 1.0
     log.info("%s: temperature %.3f on %d validation images", tier, temperature, len(val))
 
-    deployed = Deployed(model, temperature).eval()
+    deployed = Deployed(model, temperature, prior).eval()
     with torch.no_grad():
         torch_probs = np.concatenate([deployed(b.to(model.device))[1].cpu().numpy() for b in x_val.split(256)])
     deployed = deployed.cpu()
@@ -231,7 +232,7 @@ def export_tier(
     y_malignant = val["malignant"].to_numpy().astype(bool)
 
     def operating_point(probs: np.ndarray) -> tuple[np.ndarray, float, dict]:
-        p_malignant = probs[:, 1] if model.binary else malignant_probability(probs, prior)
+        p_malignant = malignant_share(probs, malignant_idx)
         threshold = threshold_for_sensitivity(y_malignant, p_malignant, target_sensitivity)
         sensitivity, specificity = sens_spec(y_malignant, p_malignant, threshold)
         selection = {"split": "val", "target_sensitivity": target_sensitivity, "tta": False}
@@ -244,13 +245,20 @@ def export_tier(
         "task": "binary" if model.binary else "multiclass",
         "class_names": list(hp.class_names),
         "malignant_classes": malignant_classes,
-        "malignant_prior": prior,
+        "class_prior": prior,
+        "probabilities": (
+            "population: softmax(logits / temperature + log class_prior), class_prior the training split's class "
+            "frequencies; p_malignant is the sum of the malignant classes' columns; predicted_class the argmax "
+            "of probabilities / class_prior (the balanced-accuracy decision)"
+            if prior
+            else "softmax(logits / temperature); p_malignant is the sum of the malignant classes' columns"
+        ),
         "input": {"name": "image", "layout": "NCHW", "dtype": "float32", "range": [0, 255], "color": "RGB"}
         | {"size": int(hp.image_size)},
         "outputs": ["logits", "probabilities"],
         "preprocess": {
             "steps": [
-                "decode, convert to RGB",
+                "decode (JPEG or PNG; a large JPEG at a reduced DCT scale, as the cache), convert to RGB",
                 "centre-crop to a square",
                 f"resize to {hp.cache_size}x{hp.cache_size} (Lanczos)",
                 f"resize to {hp.image_size}x{hp.image_size} (bilinear with antialiasing)",
@@ -263,7 +271,7 @@ def export_tier(
         "threshold_selection": threshold_selection,
         "parity": {"max_abs_diff": diff, "tolerance": tolerance, "images": len(val)},
         "opset": OPSET,
-        "onnx_sha256": sha256(out_onnx),
+        "onnx_sha256": sha256sum(out_onnx),
         "checkpoint": str(ckpt),
         "weights_sha256": weights_sha256(model),
         "provenance": provenance or {},
@@ -276,13 +284,13 @@ def export_tier(
         y_class = labels.numpy()
         contract["int8"] = {
             "file": Path(out_int8).name,
-            "onnx_sha256": sha256(out_int8),
+            "onnx_sha256": sha256sum(out_int8),
             "operating_threshold": int8_threshold,
             "threshold_selection": int8_selection,
             "calibration": {"split": "train", "images": len(train), "method": "min-max", "format": "QDQ"},
             "validation": {
-                "fp32": _val_scores(y_class, y_malignant, ort_probs, p_malignant),
-                "int8": _val_scores(y_class, y_malignant, int8_probs, int8_p_malignant),
+                "fp32": _val_scores(y_class, y_malignant, ort_probs, p_malignant, prior),
+                "int8": _val_scores(y_class, y_malignant, int8_probs, int8_p_malignant, prior),
                 "argmax_agreement": float((int8_probs.argmax(1) == ort_probs.argmax(1)).mean()),
                 "max_abs_diff": float(np.abs(int8_probs - ort_probs).max()),
                 "images": len(val),

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from skinlesion import malignant_probability
 from skinlesion.data.preprocess import load_square
 
-CONTRACT_FORMAT = "skinlesion-onnx/1"
+CONTRACT_FORMAT = "skinlesion-onnx/2"  # 2: the graph returns population probabilities
+FORMATS = ("JPEG", "PNG")  # what the contract accepts; any other format is refused (415)
 MAX_PIXELS = 40_000_000  # the largest image (width x height) decoded; dermatoscopes give well under 20 MP
 
 
@@ -37,22 +37,23 @@ class ImageError(ValueError):
 def decode(name: str, data: bytes, *, size: int, max_pixels: int) -> np.ndarray:
     """Decode an upload to the uint8 (size, size, 3) square the cache holds, or raise ImageError.
 
-    The header is read first, so a decompression bomb (a small file declaring a huge image) is
-    refused before any pixel is decoded; a truncated file fails on the full decode.
+    Only JPEG and PNG are opened (:data:`FORMATS`). The header is read first, so a decompression bomb
+    (a small file declaring a huge image) is refused before any pixel is decoded; the pixels then
+    come from :func:`load_square`, the cache's own decode (a JPEG at a reduced DCT scale where it is
+    much larger than the cache); a truncated file fails on that decode.
     """
     if not data:
         raise ImageError(name, "empty file")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageError(name, f"decompression bomb refused: {exc}", status=413) from exc
     except (OSError, Image.UnidentifiedImageError, ValueError) as exc:
-        raise ImageError(name, f"not an image ({type(exc).__name__})", status=415) from exc
+        raise ImageError(name, f"not a {' or '.join(FORMATS)} image ({type(exc).__name__})", status=415) from exc
     w, h = img.size
     if w * h > max_pixels:
         raise ImageError(name, f"image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels", status=413)
     try:
-        img.load()
         return load_square(img, size)
     except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
         raise ImageError(name, f"cannot decode image: {exc}") from exc
@@ -67,6 +68,17 @@ def to_input(square: np.ndarray, input_size: int) -> np.ndarray:
     if square.shape[0] != input_size:
         square = np.asarray(Image.fromarray(square).resize((input_size,) * 2, Image.Resampling.BILINEAR))
     return np.ascontiguousarray(square.transpose(2, 0, 1), dtype=np.float32)
+
+
+def malignant_share(probs: np.ndarray, malignant_idx: list[int]) -> np.ndarray:
+    """p_malignant: the malignant columns' sum, clipped to [0, 1] (a float32 sum can pass 1 by an ulp)."""
+    return np.clip(probs[:, malignant_idx].sum(axis=1, dtype=np.float64), 0.0, 1.0)
+
+
+def balanced_decision(probs: np.ndarray, prior) -> np.ndarray:
+    """The class that balanced accuracy rewards: the argmax of the population probabilities divided by
+    the class prior (the argmax of the uniform-prior probabilities), or of the probabilities without one."""
+    return (probs if prior is None else probs / np.asarray(prior)).argmax(axis=1)
 
 
 @dataclass
@@ -119,19 +131,21 @@ class OnnxClassifier:
         self.cache_size: int = c["preprocess"]["cache_size"]
         self.threshold: float = model["operating_threshold"]
         self.malignant_idx = [self.class_names.index(n) for n in c["malignant_classes"]]
-        self.malignant_prior = c.get("malignant_prior")
+        self.class_prior = c.get("class_prior")
         self.version = f"{c['tier']}-{'int8-' if precision == 'int8' else ''}{model['onnx_sha256'][:12]}"
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """float32 (N, 3, n, n) inputs in 0-255 -> (N, C) calibrated class probabilities."""
+        """float32 (N, 3, n, n) inputs in 0-255 -> (N, C) calibrated population class probabilities."""
         (probs,) = self.session.run(["probabilities"], {"image": np.ascontiguousarray(batch, dtype=np.float32)})
         return probs
 
     def p_malignant(self, probs: np.ndarray) -> np.ndarray:
-        """The malignant classes' share, as the export chose the threshold for (the contract's prior)."""
-        if self.contract["task"] == "binary":
-            return probs[:, self.malignant_idx].sum(axis=1)
-        return malignant_probability(probs, self.malignant_prior)
+        """The malignant classes' share of the probabilities, as the export chose the threshold for."""
+        return malignant_share(probs, self.malignant_idx)
+
+    def decisions(self, probs: np.ndarray) -> np.ndarray:
+        """The predicted class index of each row (:func:`balanced_decision` under the contract's prior)."""
+        return balanced_decision(probs, self.class_prior)
 
     def predict(self, named_squares: list[tuple[str, np.ndarray]]) -> list[Prediction]:
         """Predictions for decoded cache squares (see :func:`decode`), one batch."""
@@ -139,16 +153,16 @@ class OnnxClassifier:
             return []
         batch = np.stack([to_input(sq, self.input_size) for _, sq in named_squares])
         probs = self.probabilities(batch)
-        p_malignant = self.p_malignant(probs)
+        p_malignant, decisions = self.p_malignant(probs), self.decisions(probs)
         out = []
-        for (name, _), p, p_mal in zip(named_squares, probs, p_malignant.tolist(), strict=True):
+        for (name, _), p, p_mal, k in zip(named_squares, probs, p_malignant.tolist(), decisions, strict=True):
             out.append(
                 Prediction(
                     name=name,
-                    probabilities={c: float(v) for c, v in zip(self.class_names, p, strict=True)},
+                    probabilities={c: min(1.0, float(v)) for c, v in zip(self.class_names, p, strict=True)},
                     p_malignant=p_mal,
                     malignant=p_mal >= self.threshold,
-                    predicted_class=self.class_names[int(p.argmax())],
+                    predicted_class=self.class_names[int(k)],
                 )
             )
         return out

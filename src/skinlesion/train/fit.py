@@ -201,8 +201,9 @@ def build(tier: str, settings: dict, *, images, index, split, stats, seed: int =
     )
     counts = np.maximum(dm.class_counts(), 1)
     class_weights = class_prior = None
-    # Every remedy but none makes the network's probabilities assume equally frequent classes.
-    balanced = settings["imbalance"] != "none" and settings["task"] == "multiclass"
+    # Every remedy but none makes the network's probabilities assume equally frequent classes (of
+    # either task); the training frequencies turn them back into population probabilities.
+    balanced = settings["imbalance"] != "none"
     malignant_prior = (counts / counts.sum()).tolist() if balanced else None
     if settings["imbalance"] == "weighted_loss":
         class_weights = (counts.sum() / (len(counts) * counts)).tolist()

@@ -2,7 +2,8 @@
 
 A checkpoint carries everything inference needs in its hyperparameters: tier and network
 parameters, task and class names, cache size, input size, and the normalisation (the training
-split's channel mean/std, or a pretrained backbone's own), so ``predict`` and the exported models read preprocessing from the checkpoint.
+split's channel mean/std, or a pretrained backbone's own), so ``predict`` and the exported models
+read preprocessing from the checkpoint.
 """
 
 from __future__ import annotations
@@ -138,11 +139,11 @@ class LesionClassifier(L.LightningModule):
     def p_malignant(self, probs: torch.Tensor) -> torch.Tensor:
         """Malignant probability: the binary model's own, or mel+bcc+akiec of the multiclass one,
         reweighted by ``malignant_prior`` when given (see :func:`skinlesion.malignant_probability`)."""
-        if self.binary:
-            return probs[:, 1]
         if self.malignant_prior is not None:
             probs = probs * self.malignant_prior
             probs = probs / probs.sum(dim=1, keepdim=True)
+        if self.binary:
+            return probs[:, 1]
         return probs[:, self.is_malignant].sum(dim=1)
 
     def _loss(self, logits, y):
@@ -234,5 +235,7 @@ def load_classifier(path, map_location="cpu") -> LesionClassifier:
     if map_location in DEVICES:
         map_location = resolve_device(map_location)
     # The trained weights replace any initial ones: build the network without reading pretrained weights.
-    model = LesionClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True, init_weights=False)
+    model = LesionClassifier.load_from_checkpoint(
+        path, map_location=map_location, weights_only=True, init_weights=False
+    )
     return model.eval()

@@ -17,13 +17,14 @@ Whatever the source, the checkpoint records it with the SHA-256 of the weights f
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from skinlesion.io import sha256sum
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -67,14 +68,6 @@ PACKAGES = {
     ),
 }
 SOURCE_FILE = "source.json"  # what a converted folder was made from, beside timm's files
-
-
-def sha256sum(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def package_for(backbone: str) -> WeightsPackage:
@@ -202,7 +195,9 @@ def weights_provenance(name: str) -> dict:
     import timm
     from huggingface_hub import try_to_load_from_cache
 
-    repo = name.removeprefix("hf-hub:") if name.startswith("hf-hub:") else timm.models.get_pretrained_cfg(name).hf_hub_id
+    repo = (
+        name.removeprefix("hf-hub:") if name.startswith("hf-hub:") else timm.models.get_pretrained_cfg(name).hf_hub_id
+    )
     record = {"source": f"hf-hub:{repo}"}
     cached = try_to_load_from_cache(repo, "model.safetensors")
     if isinstance(cached, str):
