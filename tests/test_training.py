@@ -116,15 +116,20 @@ def test_checkpoints_hold_the_averaged_weights(sample_run):
 
 def test_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path):
     """Kill a real training run mid-way; Snakemake's rerun continues from last.ckpt, not from scratch,
-    and ends with the same weights and history as the same training never interrupted."""
+    and ends with the same weights and history as the same training never interrupted. In the default
+    configuration's shape: a DataLoader worker (which prefetches the first resumed epoch's draws as the
+    loader is set up), MixUp and the weight average."""
     cfg = tmp_path / "longer.yaml"
     cfg.write_text(
         yaml.safe_dump(
             {
                 "train": {
+                    "num_workers": 1,
                     "resnet": {
                         "epochs": 40,
                         "image_size": 48,
+                        "mixup_alpha": 0.2,
+                        "ema_decay": 0.998,
                         "model": {"widths": [16, 32, 64], "blocks_per_stage": [1, 1, 1]},
                     },
                 }
@@ -192,3 +197,28 @@ def test_ddp_on_cpu_with_two_gloo_processes(tmp_path):
     model = load_classifier(results / "models" / "baseline_cnn" / "best.ckpt")
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_the_sampler_draws_the_fit_loops_epoch_whenever_it_is_drawn_and_under_ddp():
+    """The training sampler reads its epoch from the fit loop at each pass: the first pass of a resumed
+    fit (drawn as the loader is set up, before Lightning's set_epoch) is the resumed epoch's, and the
+    DDP wrapper, which never passes set_epoch on, splits that same epoch's draws between the ranks."""
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+    from skinlesion.train.datamodule import EpochSampler
+
+    def draws(epoch):
+        reference = EpochSampler(40, np.linspace(1, 2, 40), seed=7)
+        reference.set_epoch(epoch)
+        return list(reference)
+
+    loop = {"epoch": 3}
+    sampler = EpochSampler(40, np.linspace(1, 2, 40), seed=7, epoch=lambda: loop["epoch"])
+    assert list(sampler) == draws(3) != draws(2)
+    sampler.set_epoch(0)  # what an out-of-date set_epoch would say: the loop's count still rules
+    assert list(sampler) == draws(3)
+
+    ranks = [list(DistributedSamplerWrapper(sampler, num_replicas=2, rank=r, shuffle=False)) for r in (0, 1)]
+    assert sorted(ranks[0] + ranks[1]) == sorted(draws(3))
+    loop["epoch"] = 4
+    assert list(DistributedSamplerWrapper(sampler, num_replicas=2, rank=0, shuffle=False)) != ranks[0]

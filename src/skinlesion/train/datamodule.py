@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -116,12 +117,17 @@ class EpochSampler(Sampler):
 
     Nothing carries over from one epoch to the next, so a training resumed at epoch k sees exactly
     the samples and augmentations an uninterrupted one sees, whatever the number of workers.
-    Lightning calls :meth:`set_epoch` before each epoch's iterator; where it cannot (the sampler
-    wrapped for DDP) each pass moves on to the next epoch.
+    ``epoch`` (a callable) names the epoch as each pass starts: in training, the fit loop's own count
+    (:meth:`LesionDataModule.next_epoch`), which is right even where Lightning draws a pass before it
+    calls :meth:`set_epoch` (a resumed fit, whose DataLoader workers prefetch as the loader is set up)
+    and where it never calls it on this sampler (wrapped for DDP). Without it, :meth:`set_epoch` names
+    the epoch and each pass moves on to the next.
     """
 
-    def __init__(self, n: int, weights: np.ndarray | None = None, *, seed: int = 0):
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(
+        self, n: int, weights: np.ndarray | None = None, *, seed: int = 0, epoch: Callable[[], int] | None = None
+    ):
+        self.n, self.seed, self.epoch, self.epoch_of = n, seed, 0, epoch
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
 
     def set_epoch(self, epoch: int) -> None:
@@ -131,8 +137,9 @@ class EpochSampler(Sampler):
         return self.n
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        self.epoch += 1
+        epoch = self.epoch if self.epoch_of is None else self.epoch_of()
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        self.epoch = epoch + 1
         if self.weights is None:
             order = torch.randperm(self.n, generator=g)
         else:
@@ -234,11 +241,14 @@ class LesionDataModule(L.LightningDataModule):
         else a permutation. The loader's own generator keeps its worker seeds off the global RNG."""
         data = self.dataset("train", train=True)
         weights = 1.0 / self.class_counts()[data.labels.numpy()] if self.imbalance == "sampler" else None
-        sampler = EpochSampler(len(data), weights, seed=self.seed)
-        if self.trainer is not None:  # a resumed fit starts at its checkpoint's epoch
-            sampler.set_epoch(self.trainer.current_epoch)
+        sampler = EpochSampler(len(data), weights, seed=self.seed, epoch=self.next_epoch if self.trainer else None)
         generator = torch.Generator().manual_seed(self.seed)
         return self._loader(data, sampler=sampler, generator=generator, drop_last=True)
+
+    def next_epoch(self) -> int:
+        """The epoch the fit loop runs next, from its (restored) progress. ``trainer.current_epoch`` lags
+        by one while a resumed fit sets up its loader, which is when the first pass is drawn."""
+        return self.trainer.fit_loop.epoch_progress.current.processed
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Augment training batches on the training device (all of it, or the colour jitter); evaluation
