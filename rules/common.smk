@@ -15,15 +15,18 @@ min_version("9.0")
 # (pip, conda, container, cluster node) needs the package installed.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+# Only modules that import nothing heavy at module level (no numpy, pandas, torch): the parse
+# runs wherever Snakemake does, an HPC login node included (tests/test_light_imports.py).
 from skinlesion.config import (  # noqa: E402
+    DEFAULT,
     ConfigError,
     check_config,
     data_files,
     tier_settings,
     typed_config,
     use_own_executables,
+    variant_settings,
 )
-from skinlesion.train.selection import DEFAULT, variant_settings  # noqa: E402
 from skinlesion.train.weights import package_folder  # noqa: E402
 
 # A nested --config value ('export={quantize: true}') arrives as strings; type it by the schema.

@@ -101,6 +101,8 @@ rule evaluation_figures:
     input:
         predictions=f"{PREDICTIONS}/{{tier}}_test.csv",
         metrics=f"{METRICS}/{{tier}}.json",
+        deployed_predictions=f"{PREDICTIONS}/{{tier}}_deployed_test.csv",
+        deployed_metrics=f"{METRICS}/{{tier}}_deployed.json",
     output:
         confusion=report(
             f"{FIGURES}/{{tier}}/confusion.png",

@@ -9,4 +9,5 @@ with log_to(snakemake.log[0]):
         snakemake.output.roc,
         snakemake.output.reliability,
         tier=snakemake.wildcards.tier,
+        deployed=(snakemake.input.deployed_predictions, snakemake.input.deployed_metrics),
     )

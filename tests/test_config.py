@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from conftest import ROOT, SAMPLE, SAMPLE_CONFIG, run_snakemake
+from conftest import ROOT, SAMPLE, SAMPLE_CONFIG, run_snakemake, sample_args
 from skinlesion.config import ConfigError, load_config, typed_config
 
 
@@ -37,6 +37,18 @@ def test_bad_config_fails_at_start(tmp_path, override, message):
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_external_test_download_with_a_mirror_fails_at_start_naming_both_keys(tmp_path):
+    """A run from a mirror downloads nothing, so the README's download switch would be dropped silently."""
+    proc = run_snakemake(tmp_path, "-n", *sample_args("external_test={download: true}"), check=False)
+    assert proc.returncode != 0
+    assert "external_test.download: true does nothing with data_dir set" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+    with pytest.raises(ConfigError, match="external_test.download: true and external_test_dir both name"):
+        load_config(
+            ROOT / "workflow_config.yaml", {"external_test": {"download": True}, "external_test_dir": str(tmp_path)}
+        )
 
 
 def test_default_config_is_valid_and_documented():
@@ -73,6 +85,26 @@ def test_tier_block_overrides_shared_settings():
     assert resnet["image_size"] == train["resnet"]["image_size"]
     assert resnet["lr"] == train["lr"] and resnet["augment"] == train["augment"]
     assert "tiers" not in resnet and "baseline_cnn" not in resnet
+
+
+def test_tier_block_overrides_nested_blocks_key_by_key(tmp_path):
+    """A tier that sets one augment key keeps the shared block's others (and theirs nested)."""
+    from skinlesion.config import tier_settings
+
+    raw = yaml.safe_load((ROOT / "workflow_config.yaml").read_text())
+    raw["train"]["resnet"]["augment"] = {"flip": False, "color_jitter": {"hue": 0.1}}
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    train = load_config(cfg)["train"]  # the schema and the cross-field checks accept it
+    shared = train["augment"]
+    resnet = tier_settings(train, "resnet")
+    assert resnet["augment"] == {
+        **shared,
+        "flip": False,
+        "color_jitter": {**shared["color_jitter"], "hue": 0.1},
+    }
+    assert tier_settings(train, "baseline_cnn")["augment"] == shared
+    assert train["augment"]["flip"] is True and train["augment"]["color_jitter"]["hue"] == 0  # not mutated
 
 
 def test_bf16_cpu_profile_is_a_valid_longer_config():

@@ -10,12 +10,13 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from conftest import SAMPLE, external_test_dir, run_snakemake, sample_args
-from skinlesion import CLASSES, MALIGNANT, malignant_probability
+from skinlesion import CLASSES, MALIGNANT, malignant_probability, population_probabilities
 from skinlesion.evaluate.external import evaluate_external, read_ground_truth
 from skinlesion.evaluate.metrics import threshold_for_sensitivity
 from skinlesion.evaluate.predict import predict_images
 from skinlesion.evaluate.predictions import per_lesion
 from skinlesion.evaluate.scoring import metrics_from_predictions
+from skinlesion.train.module import load_classifier
 
 COLUMNS = ["image_id", *CLASSES, "p_malignant", "dx"]
 
@@ -133,7 +134,9 @@ def test_metadata_fusion_is_reported_beside_the_image_model(sample_run):
 
 
 def test_predict_matches_the_evaluate_rule(sample_run):
-    """The CLI on the raw zips gives the evaluate rule's probabilities for the test images."""
+    """The CLI on the raw zips gives the evaluate rule's probabilities for the test images, as
+    population probabilities: the evaluate rule's columns reweighted by the training prior, their
+    malignant sum p_malignant."""
     results = sample_run / "results"
     evaluated = pd.read_csv(results / "predictions" / "resnet_test.csv")
     out = sample_run / "cli_preds.csv"
@@ -148,8 +151,15 @@ def test_predict_matches_the_evaluate_rule(sample_run):
     assert len(predicted) == len(pd.read_csv(SAMPLE / "HAM10000_metadata.csv"))
     merged = evaluated.merge(predicted, on="image_id", suffixes=("_eval", "_cli"))
     assert len(merged) == len(evaluated)
-    for column in (*CLASSES, "p_malignant"):
-        np.testing.assert_allclose(merged[f"{column}_eval"], merged[f"{column}_cli"], atol=2e-6)
+    prior = load_classifier(results / "models/resnet/best.ckpt").hparams.malignant_prior
+    evaluated_columns = merged[[f"{c}_eval" for c in CLASSES]].to_numpy()
+    cli_columns = merged[[f"{c}_cli" for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(population_probabilities(evaluated_columns, prior), cli_columns, atol=2e-6)
+    np.testing.assert_allclose(merged["p_malignant_eval"], merged["p_malignant_cli"], atol=2e-6)
+    np.testing.assert_allclose(
+        cli_columns[:, [CLASSES.index(c) for c in MALIGNANT]].sum(1), merged["p_malignant_cli"], atol=2e-6
+    )
+    assert np.abs(cli_columns - evaluated_columns).max() > 0.01  # the sample's prior is far from uniform
     assert (merged["dx_eval"] == merged["dx_cli"]).all()
     np.testing.assert_allclose(predicted[list(CLASSES)].sum(axis=1), 1.0, atol=1e-5)
 

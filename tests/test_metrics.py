@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from skinlesion import CLASSES, malignant_probability
+from skinlesion import population_probabilities as population
 from skinlesion.evaluate.metrics import (
     _point_metrics,
     expected_calibration_error,
@@ -54,20 +55,42 @@ def test_ece_by_hand():
 
 
 def test_bootstrap_resamples_whole_lesions():
-    """One lesion with 9 identical images vs 9 lesions of one image: the CI must see 10 units, not 18."""
-    y = np.array([NV] * 9 + [MEL] * 9)
-    pred = np.array([NV] * 9 + [NV] * 9)  # all of lesion L0 right, all melanomas wrong
-    lesions = np.array(["L0"] * 9 + [f"M{i}" for i in range(9)])
+    """Ten nevus lesions, one with 9 identical images: the CI must see 10 nevus units, not 18 images."""
+    y = np.array([NV] * 9 + [NV] * 9 + [MEL])
+    pred = np.array([NV] * 9 + [MEL] * 9 + [MEL])  # lesion L0 right, the 9 one-image nevi wrong, the melanoma right
+    lesions = np.array(["L0"] * 9 + [f"N{i}" for i in range(9)] + ["M0"])
     res = lesion_bootstrap(y, onehotish(pred), lesions, threshold=None, n_boot=400, seed=1)
     acc = res["accuracy"]
-    assert acc["value"] == pytest.approx(0.5)
-    # Drawing L0 k times out of 10 units gives accuracy 9k / (9k + (10 - k)); with L0 absent it is 0.
-    assert acc["ci_low"] == pytest.approx(0.0)
+    assert acc["value"] == pytest.approx(10 / 19)
+    # Drawing L0 k times among the 10 nevus lesions gives (9k + 1) / (9k + (10 - k) + 1); k = 0 is likely.
+    assert acc["ci_low"] == pytest.approx(1 / 11)
     # k ~ Binomial(10, 0.1): P(k >= 3) = 0.07 but P(k >= 4) = 0.013, so the 97.5th percentile is k = 3.
-    assert acc["ci_high"] == pytest.approx(27 / 34)
+    assert acc["ci_high"] == pytest.approx(28 / 35)
     # An image-level bootstrap would put the lower bound near 0.3; lesion resampling is far wider.
-    image_level = lesion_bootstrap(y, onehotish(pred), np.arange(18).astype(str), threshold=None, n_boot=400, seed=1)
+    image_level = lesion_bootstrap(y, onehotish(pred), np.arange(19).astype(str), threshold=None, n_boot=400, seed=1)
     assert image_level["accuracy"]["ci_low"] > 0.25
+
+
+def test_every_resample_keeps_every_class():
+    """A class with one lesion, misclassified: were it left out of a resample (a third of plain resamples),
+    balanced accuracy would average over one class fewer and jump to 1; resampling within each class
+    keeps it in every resample, so the interval stays at the estimate."""
+    y = np.array([NV] * 20 + [MEL] * 20 + [DF])
+    pred = np.array([NV] * 20 + [MEL] * 20 + [NV])
+    res = lesion_bootstrap(y, onehotish(pred), np.arange(41).astype(str), threshold=None, n_boot=300, seed=0)
+    bal = res["balanced_accuracy"]
+    assert bal["value"] == pytest.approx(2 / 3)
+    assert bal["ci_low"] == bal["ci_high"] == pytest.approx(2 / 3)
+
+
+def test_the_calibration_error_interval_holds_its_bias_corrected_estimate():
+    """A binned ECE is biased upwards, more so in a resample: for calibrated probabilities its percentile
+    interval can lie wholly above the estimate. The reported ECE is bias-corrected, inside its interval."""
+    y, columns, prior = population_calibrated(n=400, seed=3)
+    res = lesion_bootstrap(y, columns, np.arange(len(y)).astype(str), threshold=None, prior=prior, n_boot=200, seed=0)
+    ece = res["ece"]
+    assert ece["ci_low"] <= ece["value"] <= ece["ci_high"]
+    assert ece["value"] < ece["plug_in"] == pytest.approx(expected_calibration_error(y, population(columns, prior)))
 
 
 def test_bootstrap_is_seeded():

@@ -90,6 +90,7 @@ def test_only_the_evaluate_rules_read_the_full_split_table(tmp_path):
     assert {rule for rule, files in inputs.items() if "results/data/split.csv" in files} == {
         "evaluate",
         "evaluate_ensemble",
+        "evaluate_deployed",
     }
     for rule in ("train", "export", "metadata_model", "channel_stats", "augment_preview", "cv_folds"):
         assert "results/data/development.csv" in inputs[rule], rule

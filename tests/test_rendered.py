@@ -5,6 +5,7 @@ import runpy
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -13,7 +14,6 @@ from skinlesion.evaluate.metrics import recommended_tier
 from skinlesion.rendered import (
     BLOCK,
     RENDERERS,
-    adopt,
     main,
     render_text,
     stale_blocks,
@@ -22,6 +22,7 @@ from skinlesion.rendered import (
     workflow_per_lesion,
     workflow_runtime,
 )
+from skinlesion.train.selection import adopt, false_adoption_rate
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -95,10 +96,17 @@ def test_a_hand_edited_number_is_caught(tmp_path):
     assert stale_blocks(doc, root=tmp_path) == ["sel.json"]
 
 
-def test_the_selection_rule_needs_more_than_one_standard_error():
+def test_the_selection_rule_is_a_paired_t_test_and_takes_a_useless_variant_at_its_stated_rate():
     assert adopt((0.02, 0.01), (0.0, 0.01), k=3)
-    assert not adopt((0.005, 0.01), (0.0, 0.01), k=3)  # under sd / sqrt(3) = 0.0058
+    # t(0.9, 2) = 1.886 standard errors of sd / sqrt(3) = 0.0058: 0.0109; one standard error is no longer enough.
+    assert not adopt((0.010, 0.01), (0.0, 0.01), k=3)
     assert not adopt((0.02, 0.01), (-0.01, 0.01), k=3)  # malignant AUROC falls by more than 0.0058
+    # Variants that change nothing: normal fold differences of both metrics, 3 folds.
+    rng = np.random.default_rng(0)
+    bal, auroc = rng.normal(0, 0.01, (2, 20000, 3))
+    taken = [adopt((b.mean(), b.std(ddof=1)), (a.mean(), a.std(ddof=1)), k=3) for b, a in zip(bal, auroc, strict=True)]
+    assert np.mean(taken) == pytest.approx(false_adoption_rate(3), abs=0.006)
+    assert false_adoption_rate(3) < 0.1
 
 
 def test_a_missing_source_is_named(tmp_path):

@@ -113,6 +113,13 @@ def large() -> bytes:
     return buf.getvalue()
 
 
+def other_format(fmt: str) -> bytes:
+    """A real image in a format Pillow reads but the contract does not name."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (180, 120, 90)).save(buf, fmt)
+    return buf.getvalue()
+
+
 def chunks(total: int):
     for _ in range(total // 65536 + 1):
         yield b"\0" * 65536
@@ -122,8 +129,11 @@ BAD = {
     "not_an_image": (
         lambda c, j: post(c, ("notes.txt", b"just some text, not pixels")),
         415,
-        "notes.txt: not an image",
+        "notes.txt: not a JPEG or PNG image",
     ),
+    "gif": (lambda c, j: post(c, ("lesion.gif", other_format("GIF"))), 415, "lesion.gif: not a JPEG or PNG image"),
+    "tiff": (lambda c, j: post(c, ("lesion.tif", other_format("TIFF"))), 415, "lesion.tif: not a JPEG or PNG image"),
+    "webp": (lambda c, j: post(c, ("lesion.webp", other_format("WEBP"))), 415, "lesion.webp: not a JPEG or PNG image"),
     "truncated_jpeg": (lambda c, j: post(c, ("cut.jpg", j[0][1][: len(j[0][1]) // 2])), 422, "cut.jpg: cannot decode"),
     "decompression_bomb": (lambda c, j: post(c, ("bomb.png", bomb())), 413, "bomb.png: decompression bomb"),
     "large_image": (lambda c, j: post(c, ("large.png", large())), 413, "large.png: image of 8000x6000"),

@@ -35,6 +35,14 @@ def _make_sample(args: argparse.Namespace) -> None:
     print(f"{args.out}: {len(subset)} images of {subset['lesion_id'].nunique()} lesions")
 
 
+def _mirror(args: argparse.Namespace) -> None:
+    from skinlesion.data.mirror import make_mirror
+
+    sums = make_mirror(args.source, args.out, size=(args.width, args.height), quality=args.quality)
+    for name, digest in sums.items():
+        print(f"{digest}  {Path(args.out) / name}")
+
+
 def _predict(args: argparse.Namespace) -> None:
     from skinlesion.evaluate.predict import predict_images
 
@@ -91,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lesions-per-class", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_make_sample)
+
+    p = sub.add_parser("mirror", help="build a downscaled HAM10000 mirror from the Dataverse originals")
+    p.add_argument("--source", required=True, help="folder with the two original image zips and HAM10000_metadata.csv")
+    p.add_argument("--out", required=True, help="output mirror directory")
+    p.add_argument("--width", type=int, default=200, help="image width in pixels (default: %(default)s)")
+    p.add_argument("--height", type=int, default=150, help="image height in pixels (default: %(default)s)")
+    p.add_argument("--quality", type=int, default=75, help="JPEG quality, 1-100 (default: %(default)s)")
+    p.set_defaults(func=_mirror)
+
     p = sub.add_parser("predict", help="class and malignancy probabilities for a folder or zip of images")
     p.add_argument("--checkpoint", required=True, help="a best.ckpt written by the train rule")
     p.add_argument("--images", required=True, help="a folder of JPEG/PNG images, or a zip of them")

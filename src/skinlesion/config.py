@@ -38,10 +38,9 @@ def check_config(config: dict) -> dict:
     total = sum(ratios.values())
     if abs(total - 1.0) > 1e-6:
         raise ConfigError(f"split.ratios must sum to 1, got {total:g} ({ratios})")
+    check_external_test(config)
     for tier in config["train"]["tiers"]:
         check_training(tier_settings(config["train"], tier), f"train ({tier})")
-    from skinlesion.train.selection import DEFAULT, variant_settings
-
     variants = config["selection"]["variants"]
     for tier, named in variants.items():
         if DEFAULT in named:
@@ -51,6 +50,23 @@ def check_config(config: dict) -> dict:
         for variant in named:
             variant_settings(config["train"], tier, variant, variants)
     return config
+
+
+def check_external_test(config: dict) -> None:
+    """``external_test.download`` fetches the external test set in a run that downloads from
+    Dataverse; with a mirror or an external test folder it would do nothing, so it is refused."""
+    if not config.get("external_test", {}).get("download"):
+        return
+    if config.get("data_dir"):
+        raise ConfigError(
+            "external_test.download: true does nothing with data_dir set: a run from a local mirror downloads "
+            "nothing. Put the ISIC 2018 Task 3 test images and ground truth in a folder and name it with "
+            "external_test_dir, or leave data_dir unset to download everything from Dataverse"
+        )
+    if config.get("external_test_dir"):
+        raise ConfigError(
+            "external_test.download: true and external_test_dir both name an external test set; set only one"
+        )
 
 
 def check_training(settings: dict, where: str) -> None:
@@ -178,17 +194,39 @@ def data_files(config: dict) -> dict[str, FileSpec]:
     return {name: FileSpec(name=name, md5=sums[name]) for name in files}
 
 
-def expected_checksums(config: dict) -> dict[str, dict]:
-    """``{name: {"size": ..., "md5": ...}}`` for the checksum rule."""
-    return {name: {"size": s.size, "md5": s.md5} for name, s in data_files(config).items()}
-
-
 TIERS = ("baseline_cnn", "resnet", "transfer")
 # The validation metrics each task logs that can pick the best checkpoint (all maximised).
 MONITORS = {"multiclass": ("val/bal_acc", "val/auroc", "val/malignant_auroc"), "binary": ("val/auroc",)}
 
 
+# The selection variant that names a tier's own settings (selection.variants may not use it).
+DEFAULT = "default"
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` laid over it, nested blocks (model, augment) key by key; neither
+    argument is changed."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def tier_settings(train_cfg: dict, tier: str) -> dict:
-    """The shared train settings with the tier's own block laid over them (what one job uses)."""
+    """The shared train settings with the tier's own block laid over them, nested blocks (augment)
+    key by key (what one job uses)."""
     shared = {k: v for k, v in train_cfg.items() if k not in ("tiers", *TIERS)}
-    return {**shared, **train_cfg[tier]}
+    return deep_merge(shared, train_cfg[tier])
+
+
+def variant_settings(train_cfg: dict, tier: str, variant: str, variants: dict) -> dict:
+    """The resolved training settings of one selection variant: the tier's settings for
+    :data:`DEFAULT`, else those with the variant's overrides laid over them (:func:`deep_merge`)."""
+    settings = tier_settings(train_cfg, tier)
+    if variant != DEFAULT:
+        named = variants.get(tier, {})
+        if variant not in named:
+            raise ConfigError(f"selection.variants.{tier}: no variant {variant!r}; configured: {sorted(named)}")
+        settings = deep_merge(settings, named[variant])
+    check_training(settings, f"selection.variants.{tier}.{variant}")
+    return settings

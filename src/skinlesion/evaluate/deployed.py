@@ -91,7 +91,13 @@ def evaluate_deployed(
     ext = None
     if external:
         ext = external_squares(external["images"], external["ground_truth"], contract["preprocess"]["cache_size"])
-    result = {"tier": tier, "tta": False, "temperature": contract["temperature"], "onnx": {}}
+    result = {
+        "tier": tier,
+        "tta": False,
+        "temperature": contract["temperature"],
+        "class_prior": contract["class_prior"],
+    }
+    result["onnx"] = {}
     for precision in PRECISIONS:
         if precision == "int8" and "int8" not in contract:
             continue

@@ -64,7 +64,7 @@ def evaluate_external(
     resample images (for either ground-truth form, which therefore give identical metrics).
     """
     gt = read_ground_truth(ground_truth)
-    preds = predict_images(checkpoint, images, tta=tta, progress=False, device=device)
+    preds = predict_images(checkpoint, images, tta=tta, progress=False, device=device, population=False)
     missing = sorted(set(gt["image_id"]) - set(preds["image_id"]))
     if missing:
         raise ValueError(f"{images}: no image for {len(missing)} ground-truth row(s), e.g. {missing[:5]}")

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torchvision.transforms import v2
 
-from skinlesion import population_probabilities
+from skinlesion import CLASSES, population_probabilities
 from skinlesion.evaluate.predictions import set_binary_probability, set_class_probabilities, write_csv
 from skinlesion.tables import load_split_table
 from skinlesion.train.module import LesionClassifier, load_classifier
@@ -114,12 +114,16 @@ def predict_images(
     tta: bool = False,
     progress: bool = True,
     device: str = "cpu",
+    population: bool = True,
 ) -> pd.DataFrame:
     """``skinlesion predict``: probabilities for a folder or zip of images, preprocessed as in training.
 
     Each image is centre-cropped and resized to the checkpoint's cache size exactly as the
     preprocess rule did, then resized to the network input size, so the same image gives the
-    same probabilities here as in the evaluate rule.
+    same probabilities here as in the evaluate rule. ``population``: the class columns are the
+    population probabilities (reweighted by the training prior, as the service returns them; their
+    malignant sum is p_malignant), else the network's own columns, as the evaluate rules keep them.
+    dx is the balanced decision either way.
     """
     from tqdm.auto import tqdm
 
@@ -145,7 +149,10 @@ def predict_images(
     flush()
     if not ids:
         raise ValueError(f"{images}: no .jpg/.jpeg/.png images found")
-    table = probability_table(model, np.concatenate(probs), ids)
+    probs = np.concatenate(probs)
+    table = probability_table(model, probs, ids)
+    if population and not model.binary:
+        table[list(CLASSES)] = population_probabilities(probs, model.hparams.get("malignant_prior"))
     if out_csv is not None:
         write_csv(table, out_csv)
     return table

@@ -61,8 +61,14 @@ def augment_preview(
     save(fig, out_png)
 
 
-def evaluation_figures(predictions_csv, metrics_json, out_confusion, out_roc, out_reliability, *, tier: str) -> None:
-    """Confusion matrices (counts, row-normalised), ROC curves (per class, malignant), reliability."""
+def evaluation_figures(
+    predictions_csv, metrics_json, out_confusion, out_roc, out_reliability, *, tier: str, deployed=None
+) -> None:
+    """Confusion matrices (counts, row-normalised), ROC curves (per class, malignant), reliability.
+
+    ``deployed``: (predictions CSV, metrics JSON) of the export scored as served (the evaluate_deployed
+    rule); the reliability diagram then shows the probabilities the service returns beside the evaluate
+    rule's."""
     import json
 
     import pandas as pd
@@ -122,15 +128,26 @@ def evaluation_figures(predictions_csv, metrics_json, out_confusion, out_roc, ou
     save(fig, out_roc)
 
     # Calibration of the population probabilities, as the metrics measure it (skinlesion.evaluate.metrics).
-    bins = reliability_bins(y, population_probabilities(probs, report.get("class_prior")))
-    centers = (bins["edges"][:-1] + bins["edges"][1:]) / 2
+    curves = [("evaluate rule", y, population_probabilities(probs, report.get("class_prior")), m["ece"])]
+    if deployed:
+        served = pd.read_csv(deployed[0])
+        block = json.loads(Path(deployed[1]).read_text())
+        _, y_served, columns = labelled(served)
+        returned = population_probabilities(columns, block.get("class_prior"))
+        curves.insert(
+            0, ("as deployed (returned)", y_served, returned, block["onnx"]["fp32"]["test"]["metrics"]["ece"])
+        )
     fig, ax = plt.subplots(figsize=(5, 4.6))
-    ax.bar(centers, np.nan_to_num(bins["accuracy"]), width=1 / len(centers), edgecolor="k", alpha=0.7, label="accuracy")
+    width = 1 / 15 / len(curves)
+    for k, (name, truth, population, ece) in enumerate(curves):
+        bins = reliability_bins(truth, population)
+        centers = (bins["edges"][:-1] + bins["edges"][1:]) / 2
+        ax.bar(centers + (k - (len(curves) - 1) / 2) * width, np.nan_to_num(bins["accuracy"]), width=width,
+               edgecolor="k", alpha=0.7, label=f"{name}: ECE {ece['value']:.3f}")  # fmt: skip
     ax.plot([0, 1], [0, 1], "k:", label="perfect calibration")
     ax.set_xlabel("confidence (top-class population probability)")
     ax.set_ylabel("accuracy")
-    ece = m["ece"]
-    ax.set_title(f"{tier}: reliability (ECE {ece['value']:.3f})", fontsize=10)
+    ax.set_title(f"{tier}: reliability", fontsize=10)
     ax.legend(fontsize=8)
     save(fig, out_reliability)
 

@@ -12,7 +12,7 @@
 Bad input gets a 4xx JSON body ``{"detail": ..., "file": ...}`` (:class:`Error`) that names the
 file and the reason: an empty body or a wrong field name (422), more files than allowed (422), an
 upload over the size limit (413, refused from Content-Length before it is read, or while
-streaming), a file that is not an image (415), a truncated or undecodable image (422), a
+streaming), a file that is not a JPEG or PNG image (415), a truncated or undecodable image (422), a
 decompression bomb (413, refused from the header before decoding), a method an endpoint does not
 have (405, with ``Allow``). ``/openapi.json`` declares every one of these answers with its schema,
 as it does the typed success bodies, so that a client generated from it handles them all.
@@ -110,7 +110,7 @@ def error_responses(*statuses: int) -> dict:
     meaning = {
         405: "The endpoint does not have that method (see the Allow header)",
         413: "Upload or image too large",
-        415: "A file is not an image",
+        415: "A file is not a JPEG or PNG image",
         422: "Not a multipart body with 1 or more images in 'files', too many files, or an undecodable image",
     }
     return {status: {"model": Error, "description": meaning[status]} for status in statuses}

@@ -32,8 +32,6 @@ from torchvision.transforms import v2
 from skinlesion import CLASSES
 from skinlesion.tables import labels_for, load_development_table
 
-TASKS = ("multiclass", "binary")
-
 
 def class_names(task: str) -> list[str]:
     """Output classes of a model trained for ``task``."""

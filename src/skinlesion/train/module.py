@@ -23,8 +23,6 @@ from torchmetrics.classification import (
 from skinlesion import CLASSES, MALIGNANT
 from skinlesion.train.models import build_model
 
-LOSSES = ("ce", "focal")
-
 
 def focal_loss(logits, target, weight=None, gamma: float = 2.0, label_smoothing: float = 0.0):
     """Multi-class focal loss (Lin et al., 2017) on top of (weighted, smoothed) cross-entropy."""

@@ -24,35 +24,38 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinlesion.config import ConfigError, check_training, tier_settings
+# The variants' settings are plain dicts, resolved in skinlesion.config, which the Snakefile
+# imports without this module's numerical libraries; re-exported here.
+from skinlesion.config import DEFAULT, deep_merge, variant_settings  # noqa: F401
 from skinlesion.evaluate.metrics import summary_scores
 from skinlesion.io import atomic_path
 from skinlesion.tables import development_rows, read_split
 
 log = logging.getLogger(__name__)
-DEFAULT = "default"
 METRICS = ("balanced_accuracy", "malignant_auroc")
+# The adoption rule's one-sided level on the balanced accuracy difference (see :func:`adopt`).
+ALPHA = 0.10
 
 
-def deep_merge(base: dict, overrides: dict) -> dict:
-    """``base`` with ``overrides`` laid over it, nested blocks (model, augment) key by key."""
-    out = dict(base)
-    for key, value in overrides.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+def adopt(delta_bal: tuple[float, float], delta_auroc: tuple[float, float], k: int) -> bool:
+    """The selection rule (docs/evaluation.md): a variant replaces the default only if a one-sided
+    paired t-test over the ``k`` folds finds its balanced accuracy higher at level :data:`ALPHA`
+    (mean difference > t(1 - ALPHA, k - 1) standard errors) and its malignant AUROC does not fall by
+    more than one standard error. Arguments: (mean, sd) of the per-fold paired differences."""
+    from scipy.stats import t
+
+    (bal, bal_sd), (auroc, auroc_sd) = delta_bal, delta_auroc
+    se_bal, se_auroc = bal_sd / np.sqrt(k), auroc_sd / np.sqrt(k)
+    return bool(bal > t.ppf(1 - ALPHA, k - 1) * se_bal and auroc >= -se_auroc)
 
 
-def variant_settings(train_cfg: dict, tier: str, variant: str, variants: dict) -> dict:
-    """The resolved training settings of one selection variant: the tier's defaults for ``default``,
-    else those with the variant's overrides laid over them."""
-    settings = tier_settings(train_cfg, tier)
-    if variant != DEFAULT:
-        named = variants.get(tier, {})
-        if variant not in named:
-            raise ConfigError(f"selection.variants.{tier}: no variant {variant!r}; configured: {sorted(named)}")
-        settings = deep_merge(settings, named[variant])
-    check_training(settings, f"selection.variants.{tier}.{variant}")
-    return settings
+def false_adoption_rate(k: int) -> float:
+    """How often :func:`adopt` takes a variant that changes neither metric, its fold differences
+    normal and independent: ALPHA times P(t(k - 1) >= -1) (0.079 for 3 folds; the former rule, one
+    standard error on each metric, took one such variant in six)."""
+    from scipy.stats import t
+
+    return float(ALPHA * t.cdf(1.0, k - 1))
 
 
 def make_folds(development_csv: str | os.PathLike, out_csv: str | os.PathLike, *, k: int, seed: int) -> pd.DataFrame:
@@ -133,7 +136,9 @@ def cross_validate_fold(
 
 def summarise(tier: str, predictions: dict[str, list[str]], out_csv: str | os.PathLike) -> pd.DataFrame:
     """The select rule: one row per variant and fold, then its mean and sd over the folds; the
-    ``delta_*`` columns are the paired difference from the default on the same fold."""
+    ``delta_*`` columns are the paired difference from the default on the same fold, and on the mean
+    rows ``adopted`` says whether the variant replaces the default (:func:`adopt`, its
+    ``false_adoption_rate`` beside it)."""
     if DEFAULT not in predictions:
         raise ValueError(f"selection of {tier}: no {DEFAULT!r} variant to compare against")
     rows = [
@@ -153,6 +158,15 @@ def summarise(tier: str, predictions: dict[str, list[str]], out_csv: str | os.Pa
                 {"tier": tier, "variant": variant, "fold": name, "n_images": group["n_images"].sum(), **stat}
             )
     out = pd.concat([table, pd.DataFrame(summary)], ignore_index=True)
+    k = len(default)
+    stat = out[out["fold"].isin(["mean", "sd"])].set_index(["variant", "fold"])
+    mean = out["fold"] == "mean"
+
+    def deltas(variant: str) -> list[tuple[float, float]]:
+        return [(stat.loc[(variant, "mean"), f"delta_{m}"], stat.loc[(variant, "sd"), f"delta_{m}"]) for m in METRICS]
+
+    out.loc[mean, "adopted"] = [v != DEFAULT and adopt(*deltas(v), k) for v in out.loc[mean, "variant"]]
+    out.loc[mean, "false_adoption_rate"] = false_adoption_rate(k)
     with atomic_path(out_csv) as tmp:
         out.to_csv(tmp, index=False, lineterminator="\n", float_format="%.4f")
     return out
