@@ -18,12 +18,14 @@ include: "rules/select.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 include: "rules/export.smk"
+include: "rules/model_card.smk"
 
 
 rule all:
     input:
         "results/report.html",
         EXPORT_OUTPUTS,
+        HF_OUTPUTS,
     default_target: True
 
 

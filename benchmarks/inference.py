@@ -51,7 +51,8 @@ def bench_tier(run_dir: Path, tier: str, args) -> dict:
     export = run_dir / "results" / "export" / tier
     clf = OnnxClassifier(export, threads=args.threads)
     contract = clf.contract
-    model = Deployed(load_classifier(run_dir / contract["checkpoint"]).float(), contract["temperature"] or 1.0).eval()
+    checkpoint = load_classifier(run_dir / contract["checkpoint"]).float()
+    model = Deployed(checkpoint, contract["temperature"] or 1.0, contract["class_prior"]).eval()
     data = run_dir / "results" / "data"
     table = load_development_table(data / "index.csv", data / "development.csv")
     rows = table.loc[table["split"] == "val", "row"].to_numpy()[: args.batch]

@@ -52,6 +52,7 @@ rule report:
         error_analysis_html=f"{RESULTS}/error_analysis/error_analysis.html",
         external=expand(f"{METRICS}/{{tier}}_external.json", tier=TIERS) if EXTERNAL else [],
         deployed=expand(f"{METRICS}/{{tier}}_deployed.json", tier=TIERS),
+        model_cards=expand(f"{EXPORT}/{{tier}}/MODEL_CARD.md", tier=TIERS),
     output:
         "results/report.html",
     params:

@@ -25,4 +25,5 @@ with log_to(snakemake.log[0]):
         benchmark_dir=snakemake.params.benchmarks,
         deployed=dict(zip(tiers, snakemake.input.deployed, strict=True)),
         ledger=snakemake.params.ledger,
+        model_cards=dict(zip(tiers, snakemake.input.model_cards, strict=True)),
     )

@@ -41,10 +41,7 @@ CONFIGS = [
     *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "profiles").rglob("*.yaml")),
 ]
 # Pages that still hold hand-typed measurements; strict, so the mark must go once they hold none.
-PENDING = {
-    "docs/experiments.md": "the ablation log's single-run times, speeds and ratios are typed by hand, "
-    "not rendered from a results file",
-}
+PENDING: dict[str, str] = {}
 
 
 def _blank(match: re.Match) -> str:
@@ -115,10 +112,7 @@ def snakemake_commands(path: str) -> list[tuple[int, str]]:
 
 
 # Pages whose commands still stop for want of --cores; strict, so the mark must go once they run.
-PENDING_CORES = {
-    "docs/evaluation.md": "its `snakemake results/selection/{tier}.csv` and `snakemake results/report.html` "
-    "name no --cores",
-}
+PENDING_CORES: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(

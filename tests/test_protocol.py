@@ -96,7 +96,7 @@ def test_only_the_evaluate_rules_read_the_full_split_table(tmp_path):
         assert "results/data/development.csv" in inputs[rule], rule
     # Test predictions feed only what reports the evaluation, never a training or selection job.
     readers = {rule for rule, files in inputs.items() if any(f.endswith("_test.csv") for f in files)}
-    assert readers == {"evaluate_ensemble", "evaluation_figures", "error_analysis"}
+    assert readers == {"evaluate_ensemble", "evaluation_figures", "error_analysis", "model_card"}
 
 
 def poison_test_rows(data, dest):

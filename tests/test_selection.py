@@ -5,7 +5,7 @@ import pytest
 
 from conftest import run_snakemake, sample_run_args
 from skinlesion.config import ConfigError, load_config
-from skinlesion.train.selection import deep_merge, variant_settings
+from skinlesion.train.selection import METRICS, adopt, deep_merge, false_adoption_rate, variant_settings
 
 VARIANTS = ("default", "logit_adjust", "no_mixup")  # selection.variants.baseline_cnn
 
@@ -47,6 +47,13 @@ def test_selection_table_has_per_fold_and_mean_sd_rows_and_no_test_number(select
     pd.testing.assert_series_equal(delta, other["delta_malignant_auroc"].round(4), check_names=False)
     means = table[table["fold"] == "mean"].set_index("variant")
     assert means.loc["no_mixup", "balanced_accuracy"] == pytest.approx(other["balanced_accuracy"].mean(), abs=1e-4)
+    # The table says which variant replaces the default, by the selection rule, and how often that rule errs.
+    sd = table[table["fold"] == "sd"].set_index("variant")
+    deltas = [(means.loc["no_mixup", f"delta_{m}"], sd.loc["no_mixup", f"delta_{m}"]) for m in METRICS]
+    assert not means.loc["default", "adopted"]
+    assert bool(means.loc["no_mixup", "adopted"]) == adopt(*deltas, k=3)
+    assert (means["false_adoption_rate"] == round(false_adoption_rate(3), 4)).all()
+    assert per_fold["adopted"].isna().all()
     # Every image scored in selection is a development image: the held-out folds add up to train + val.
     split = pd.read_csv(sample_run / "results" / "data" / "split.csv")
     assert means.loc["default", "n_images"] == (split["split"] != "test").sum()

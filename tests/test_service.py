@@ -57,13 +57,14 @@ def test_predict_several_images(client, export_dir, jpegs):
 
 
 def test_probabilities_are_the_populations_not_the_uniform_priors(client, export_dir, jpegs):
-    """Under the sample's skewed training prior (nv most frequent) the returned columns are the
-    uniform-prior ones reweighted by that prior: they differ from the uniform-prior columns."""
+    """Under the sample's training prior (not uniform: its classes are of unequal size) the returned
+    columns are the uniform-prior ones reweighted by that prior, so they differ from the uniform-prior
+    columns."""
     import onnxruntime as ort
 
     clf = OnnxClassifier(export_dir)
     prior = np.asarray(clf.class_prior)
-    assert prior.max() / prior.min() > 5
+    assert prior.max() / prior.min() > 1.3
     got = np.array([list(p["probabilities"].values()) for p in post(client, *jpegs).json()["predictions"]])
     session = ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     batch = np.stack([to_input(decode(n, d, size=clf.cache_size, max_pixels=10**8), clf.input_size) for n, d in jpegs])
@@ -72,7 +73,7 @@ def test_probabilities_are_the_populations_not_the_uniform_priors(client, export
     uniform /= uniform.sum(1, keepdims=True)
     population = uniform * prior / (uniform * prior).sum(1, keepdims=True)
     np.testing.assert_allclose(got, population, atol=1e-5)
-    assert np.abs(got - uniform).max() > 0.05
+    assert np.abs(got - uniform).max() > 0.005
 
 
 def test_a_certainly_malignant_image_gets_200_not_500(client, monkeypatch, jpegs):

@@ -191,8 +191,10 @@ def build_report(
     benchmark_dir: str,
     deployed: dict[str, str] | None = None,
     ledger: str | os.PathLike | None = None,
+    model_cards: dict[str, str] | None = None,
 ) -> None:
-    """Render every table and figure into one self-contained HTML page (images inlined)."""
+    """Render every table and figure into one self-contained HTML page (images inlined); ``model_cards``
+    (tier: MODEL_CARD.md) are linked, relative to the page."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("skinlesion.report", "templates"), autoescape=select_autoescape())
@@ -260,6 +262,10 @@ def build_report(
         runtimes=table(rule_runtimes(benchmark_dir)),
         test_scorings=table(test_scorings(ledger)) if ledger else "",
         n_test_scorings=len(test_scorings(ledger)) if ledger else None,
+        model_cards={
+            tier: Path(os.path.relpath(card, Path(out_html).parent)).as_posix()
+            for tier, card in (model_cards or {}).items()
+        },
     )
     with atomic_path(out_html) as tmp:
         tmp.write_text(html)

@@ -233,7 +233,6 @@ def load_classifier(path, map_location="cpu") -> LesionClassifier:
     if map_location in DEVICES:
         map_location = resolve_device(map_location)
     # The trained weights replace any initial ones: build the network without reading pretrained weights.
-    model = LesionClassifier.load_from_checkpoint(
-        path, map_location=map_location, weights_only=True, init_weights=False
-    )
+    kwargs = {"map_location": map_location, "init_weights": False}
+    model = LesionClassifier.load_from_checkpoint(path, weights_only=True, **kwargs)
     return model.eval()
