@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint serve app clean gpu-check image
+.PHONY: venv demo test test-fast lint serve app clean gpu-check image rulegraph
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/snakemake --lint
+
+# The workflow's rule graph, drawn by Snakemake, into docs/rulegraph.md (tests/test_rulegraph.py checks it is current).
+rulegraph: $(STAMP)
+	$(BIN)/python -m skinlesion.rulegraph docs/rulegraph.md
 
 clean:
 	rm -rf results .snakemake

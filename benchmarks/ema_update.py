@@ -1,5 +1,5 @@
 """Time of one EMA update of the baseline CNN's averaged weights: the fused update the train rule
-uses (skinlesion.train.fit.ema_update) against the same average updated tensor by tensor.
+uses (skinlesion.train.callbacks.ema_update) against the same average updated tensor by tensor.
 
     python benchmarks/ema_update.py [--updates 50]
 """
@@ -10,7 +10,7 @@ import time
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from skinlesion.train.fit import ema_decay, ema_update
+from skinlesion.train.callbacks import ema_decay, ema_update
 from skinlesion.train.models import BaselineCNN
 
 

@@ -16,6 +16,7 @@ rule export:
         calibrate=config["export"]["calibrate"],
         tolerance=config["export"]["tolerance"],
         calibration_images=config["export"]["calibration_images"],
+        guard=config["export"]["guard"],
         device=config["evaluate"]["device"],
     wildcard_constraints:
         tier="|".join(TIERS),

@@ -21,4 +21,5 @@ with log_to(snakemake.log[0]):
         device=snakemake.params.device,
         out_int8=snakemake.output.get("int8"),
         calibration_images=snakemake.params.calibration_images,
+        guard=snakemake.params.guard,
     )

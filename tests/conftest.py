@@ -158,3 +158,54 @@ def running(command: list[str], ready_url: str, timeout: float = 120.0, **kwargs
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+# The slow layer, marked here rather than by hand so that a new test lands in it by what it does:
+# a test is slow when it requests a fixture that runs the workflow (directly or through another
+# fixture: ``item.fixturenames`` holds them all), or when its own code, or a helper of its own module
+# that it calls, uses one of the names that start Snakemake or a browser. Tests slow for other
+# reasons carry the mark by hand. ``make test-fast`` (``pytest -m "not slow"``) leaves them out.
+WORKFLOW_FIXTURES = frozenset({"sample_run", "mirror_run"})
+SLOW_CALLS = frozenset({"run_snakemake", "SNAKEMAKE", "chromium"})
+
+
+def _code_names(code) -> set[str]:
+    """The global names a function's code refers to, nested functions and comprehensions included."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _code_names(const)
+    return names
+
+
+def _calls(function, seen: set | None = None) -> set[str]:
+    """The names ``function`` refers to, and those of the functions of its own module it calls (the
+    test module's helpers), transitively."""
+    seen = set() if seen is None else seen
+    seen.add(function)
+    names = _code_names(function.__code__)
+    for name in names - SLOW_CALLS:
+        helper = function.__globals__.get(name)
+        own = getattr(helper, "__module__", None) == function.__module__ and hasattr(helper, "__code__")
+        if own and helper not in seen:
+            names |= _calls(helper, seen)
+    return names
+
+
+def slow_reason(item: pytest.Item) -> str | None:
+    """Why ``item`` belongs to the slow layer, or None."""
+    fixtures = WORKFLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+    if fixtures:
+        return f"uses the workflow fixture {', '.join(sorted(fixtures))}"
+    function = getattr(item, "function", None)
+    calls = SLOW_CALLS & _calls(function) if hasattr(function, "__code__") else set()
+    if calls:
+        return f"calls {', '.join(sorted(calls))}"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by mark
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slow") is None and slow_reason(item):
+            item.add_marker(pytest.mark.slow)

@@ -4,7 +4,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, SAMPLE
+
+# The whole check (data stage, two tiers trained twice) in a subprocess: in the slow layer.
+pytestmark = pytest.mark.slow
 
 # Run as on a bare GPU node: Snakemake and MLflow cannot be imported.
 BARE = (

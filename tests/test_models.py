@@ -37,7 +37,8 @@ def test_forward_backward_shapes(tier, task):
     assert model.p_malignant(probs).shape == (4,)
 
 
-@pytest.mark.parametrize("tier", list(SMALL))
+# The transfer tier's EfficientNet takes minutes for its 60 steps on two cores: in the slow layer.
+@pytest.mark.parametrize("tier", [pytest.param(t, marks=pytest.mark.slow) if t == "transfer" else t for t in SMALL])
 def test_overfits_a_fixed_batch(tier):
     """A few steps on 16 fixed real-looking images drive the loss far below chance (ln 7 = 1.95)."""
     torch.manual_seed(0)

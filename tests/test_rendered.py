@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
+from skinlesion.evaluate.goals import BUDGETS, METRIC_GOALS, judge
 from skinlesion.evaluate.metrics import recommended_tier
 from skinlesion.rendered import (
     BLOCK,
@@ -168,6 +169,32 @@ def test_a_workflow_run_is_recorded_from_its_own_files(sample_run, tmp_path):
         d = deployed[metric]
         assert f"| {m['value']:.3f} ({m['ci_low']:.3f}–{m['ci_high']:.3f}) | {verdict} | {d['value']:.3f}" in goals
     assert "per lesion" not in goals
+
+
+def test_the_goals_are_judged_on_the_recommended_model_per_test_image_and_rendered_as_judged():
+    record = json.loads((ROOT / "benchmarks" / "results" / "workflow.json").read_text())
+    verdicts = judge(record)
+    model = next(m for m in record["models"] if m["model"] == record["recommended"])
+    assert verdicts["model"] == record["recommended"]
+    assert [row["key"] for row in verdicts["metrics"]] == list(METRIC_GOALS)
+    for row in verdicts["metrics"]:
+        assert row["entry"] == model["test"]["metrics"][row["key"]]  # per image, not per lesion or + metadata
+        assert row["met"] == (row["entry"]["value"] >= METRIC_GOALS[row["key"]])
+    longest = max((m for m in record["models"] if "train" in m), key=lambda m: m["train"]["minutes"])
+    assert verdicts["train"] == {
+        "model": longest["model"],
+        "minutes": longest["train"]["minutes"],
+        "budget": BUDGETS["train_minutes"],
+        "met": longest["train"]["minutes"] <= BUDGETS["train_minutes"],
+    }
+    assert verdicts["wall"]["met"] == (record["wall_minutes"] <= BUDGETS["wall_minutes"])
+    # A model that reaches both goals is judged met on both; the table only writes the verdicts.
+    better = json.loads(json.dumps(record))
+    for key, goal in METRIC_GOALS.items():
+        next(m for m in better["models"] if m["model"] == better["recommended"])["test"]["metrics"][key]["value"] = goal
+    assert all(row["met"] for row in judge(better)["metrics"])
+    table = workflow_goals(better)
+    assert table.count("| met |") == 2 + verdicts["train"]["met"] + verdicts["wall"]["met"]
 
 
 def test_a_run_without_metrics_is_refused(tmp_path):

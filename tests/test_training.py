@@ -116,16 +116,20 @@ def test_checkpoints_hold_the_averaged_weights(sample_run):
 
 def test_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path):
     """Kill a real training run mid-way; Snakemake's rerun continues from last.ckpt, not from scratch,
-    and ends with the same weights and history as the same training never interrupted (the sample
-    profile: no DataLoader worker; with one, the first resumed epoch still differs)."""
+    and ends with the same weights and history as the same training never interrupted. In the default
+    configuration: a DataLoader worker (persistent), MixUp, EMA of the weights and colour jitter."""
+    epochs = 12  # enough to kill after three epochs with most of the run still ahead
     cfg = tmp_path / "longer.yaml"
     cfg.write_text(
         yaml.safe_dump(
             {
                 "train": {
+                    "num_workers": 1,
                     "resnet": {
-                        "epochs": 40,
+                        "epochs": epochs,
                         "image_size": 48,
+                        "mixup_alpha": 0.2,
+                        "ema_decay": 0.998,
                         "model": {"widths": [16, 32, 64], "blocks_per_stage": [1, 1, 1]},
                     },
                 }
@@ -141,7 +145,7 @@ def test_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_uninter
         args, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 900  # three epochs; generous for a busy two-core machine
         while time.monotonic() < deadline:
             history = work / "history.csv"
             if (work / "last.ckpt").exists() and history.exists() and len(pd.read_csv(history)) >= 3:
@@ -149,14 +153,14 @@ def test_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_uninter
             assert proc.poll() is None, "training ended before it could be killed"
             time.sleep(0.2)
         else:
-            raise AssertionError("no checkpoint within 300 s")
+            raise AssertionError("no checkpoint within 900 s")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     done_before = len(pd.read_csv(work / "history.csv"))
     run_id = (work / "mlflow_run_id").read_text()
-    assert not (tmp_path / target).exists() and done_before < 40
+    assert not (tmp_path / target).exists() and done_before < epochs
 
     # As after any killed run: release Snakemake's lock, then rerun the incomplete job.
     run_snakemake(tmp_path, "--unlock", *sample_args(configfiles=(cfg,)))
@@ -164,7 +168,7 @@ def test_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_uninter
     log = (tmp_path / "results" / "logs" / "train" / "resnet.log").read_text()
     assert "resuming resnet from" in log and "from scratch" not in log
     history = pd.read_csv(tmp_path / "results" / "models" / "resnet" / "history.csv")
-    assert list(history["epoch"]) == list(range(40))
+    assert list(history["epoch"]) == list(range(epochs))
     assert (tmp_path / "results" / "models" / "resnet" / "mlflow_run_id.txt").read_text().strip() == run_id
 
     uninterrupted = tmp_path / "uninterrupted"
@@ -218,3 +222,33 @@ def test_the_sampler_draws_the_fit_loops_epoch_whenever_it_is_drawn_and_under_dd
     assert sorted(ranks[0] + ranks[1]) == sorted(draws(3))
     loop["epoch"] = 4
     assert list(DistributedSamplerWrapper(sampler, num_replicas=2, rank=0, shuffle=False)) != ranks[0]
+
+
+def test_the_training_loader_draws_each_pass_at_its_first_batch():
+    """Lightning makes the training iterator as it sets the loader up, which a resumed fit does before
+    it restores the fit loop's epoch (configure_optimizers reads estimated_stepping_batches); a plain
+    DataLoader with workers hands them the sampler's first batches right then, drawn for epoch 0."""
+    from skinlesion.train.datamodule import EpochSampler, FirstBatchLoader
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, item):
+            return torch.tensor(item)
+
+    def draws(epoch):
+        reference = EpochSampler(40, seed=7)
+        reference.set_epoch(epoch)
+        return list(reference)
+
+    loop = {"epoch": 0}
+    sampler = EpochSampler(40, seed=7, epoch=lambda: loop["epoch"])
+    loader = FirstBatchLoader(
+        Items(), batch_size=8, sampler=sampler, num_workers=1, persistent_workers=True, drop_last=True
+    )
+    passes = iter(loader)  # as the loader is set up
+    loop["epoch"] = 3  # the checkpoint's progress, restored afterwards
+    assert [tuple(item) for batch in passes for item in batch.tolist()] == draws(3) != draws(0)
+    loop["epoch"] = 4  # the next pass, through the same (persistent) worker
+    assert [tuple(item) for batch in loader for item in batch.tolist()] == draws(4)

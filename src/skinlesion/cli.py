@@ -7,6 +7,7 @@ functions for use outside it.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -83,8 +84,37 @@ def _app(args: argparse.Namespace) -> None:
     os.execve(sys.executable, command, env)
 
 
+# reStructuredText and Markdown markup in docstrings and help strings: ``literal``, `literal`,
+# :role:`target` (Sphinx roles), **strong**.
+MARKUP = re.compile(r"(?::[\w:.-]+:)?``?([^`]+?)``?|\*\*([^*]+)\*\*")
+
+
+def plain(text: str) -> str:
+    """``text`` without its reStructuredText markup, as a terminal shows help: ``skinlesion predict``
+    and :func:`main` become skinlesion predict and main."""
+    return MARKUP.sub(lambda m: m.group(1) or m.group(2), text)
+
+
+class PlainHelpFormatter(argparse.HelpFormatter):
+    """Help text with the docstrings' markup stripped (:func:`plain`)."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(plain(text))
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return plain(super()._expand_help(action))
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose help is plain text; its subcommands' parsers are of this class too."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", PlainHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="skinlesion", description=__doc__.splitlines()[0])
+    parser = Parser(prog="skinlesion", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("download", help="fetch and verify the raw HAM10000 files")

@@ -21,8 +21,10 @@ import statistics
 import sys
 from pathlib import Path
 
+from skinlesion.evaluate.goals import judge
+from skinlesion.formatting import HEADLINE, OPERATING, format_ci, format_interval, format_value, headers, metric
 from skinlesion.io import atomic_path
-from skinlesion.train.selection import ALPHA, adopt, false_adoption_rate
+from skinlesion.train.selection import ALPHA, METRICS, adopt, false_adoption_rate
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"(<!-- rendered from (\S+) -->\n)(.*?)(<!-- end rendered -->)", re.DOTALL)
@@ -52,8 +54,9 @@ def selection(record: dict) -> str:
     rows = record["rows"]
     k = record["folds"]
     stat = {(r["variant"], r["fold"]): r for r in rows if r["fold"] in ("mean", "sd")}
-    header = ["variant", "settings", "balanced accuracy", "malignant AUROC", "Δ balanced accuracy"]
-    header += ["Δ malignant AUROC", "Δ per fold (bal. acc.)", "replaces the default?"]
+    bal, auroc = (metric(key) for key in METRICS)  # the order adopt() takes them in
+    header = ["variant", "settings", bal.header, auroc.header, f"Δ {bal.header}"]
+    header += [f"Δ {auroc.header}", f"Δ per fold ({bal.short})", "replaces the default?"]
     table = []
     for variant in dict.fromkeys(r["variant"] for r in rows):
         mean, sd = stat[variant, "mean"], stat[variant, "sd"]
@@ -62,13 +65,12 @@ def selection(record: dict) -> str:
         cells = [
             variant,
             settings or "the tier's defaults",
-            _pm(mean["balanced_accuracy"], sd["balanced_accuracy"]),
-            _pm(mean["malignant_auroc"], sd["malignant_auroc"]),
+            *(_pm(mean[key], sd[key]) for key in METRICS),
         ]
         if variant == "default":
             cells += ["—", "—", "—", "—"]
         else:
-            deltas = [(mean[f"delta_{m}"], sd[f"delta_{m}"]) for m in ("balanced_accuracy", "malignant_auroc")]
+            deltas = [(mean[f"delta_{m}"], sd[f"delta_{m}"]) for m in METRICS]
             cells += [_signed(*deltas[0]), _signed(*deltas[1])]
             cells.append(" ".join(f"{f['delta_balanced_accuracy']:+.3f}" for f in folds))
             cells.append("yes" if adopt(*deltas, k) else "no")  # the select rule's, re-applied to the record
@@ -84,17 +86,18 @@ def selection(record: dict) -> str:
     )
 
 
-def _ci(block: dict, metric: str) -> str:
-    m = block["metrics"][metric]
-    return f"{m['value']:.3f} ({m['ci_low']:.3f}–{m['ci_high']:.3f})"
+def _ci(block: dict, key: str) -> str:
+    return format_ci(block["metrics"][key], metric(key).spec)
 
 
-def _pair(block: dict | None, metrics=("balanced_accuracy", "malignant_auroc"), ci: bool = False) -> str:
+def _pair(block: dict | None, metrics=HEADLINE, ci: bool = False) -> str:
     if block is None:
         return "—"
     if "metrics" in block:
-        return " / ".join(_ci(block, m) if ci else f"{block['metrics'][m]['value']:.3f}" for m in metrics)
-    return " / ".join(f"{block[m]:.3f}" for m in metrics)
+        return " / ".join(
+            _ci(block, m) if ci else format_value(block["metrics"][m]["value"], metric(m).spec) for m in metrics
+        )
+    return " / ".join(format_value(block[m], metric(m).spec) for m in metrics)
 
 
 def _run_caption(record: dict) -> str:
@@ -122,22 +125,23 @@ def _deployed(model: dict, precision: str = "fp32") -> str:
     block = model.get("deployed", {}).get(precision, {}).get("test")
     if block is None:
         return "—"
-    return _pair(block) + " / " + _pair(block, ("sensitivity", "specificity"))
+    return _pair(block) + " / " + _pair(block, OPERATING)
 
 
 def workflow(record: dict) -> str:
     """The headline table of a whole workflow run (``benchmarks/record.py workflow``)."""
-    header = ["model", "input, epochs", "validation: bal. acc. / malignant AUROC", "test: bal. acc. (95 % CI)"]
-    header += ["test: malignant AUROC (95 % CI)", "test: sens. / spec."]
-    header += ["as deployed (ONNX fp32, no TTA): bal. acc. / malignant AUROC / sens. / spec."]
+    pair, operating = headers(HEADLINE, short=True), headers(OPERATING, short=True)
+    header = ["model", "input, epochs", f"validation: {pair}"]
+    header += [f"test: {metric(key).short} (95 % CI)" for key in HEADLINE] + [f"test: {operating}"]
+    header += [f"as deployed (ONNX fp32, no TTA): {pair} / {operating}"]
     int8 = any("int8" in m.get("deployed", {}) for m in record["models"])
     header += ["as deployed, int8"] if int8 else []
-    header += ["test + metadata: bal. acc. / malignant AUROC", "per lesion + metadata: bal. acc. / malignant AUROC"]
+    header += [f"test + metadata: {pair}", f"per lesion + metadata: {pair}"]
     table = []
     for model in record["models"]:
         test = model["test"]
-        cells = [model["model"], _shape(model), _pair(model.get("validation")), _ci(test, "balanced_accuracy")]
-        cells += [_ci(test, "malignant_auroc"), _pair(test, ("sensitivity", "specificity")), _deployed(model)]
+        cells = [model["model"], _shape(model), _pair(model.get("validation"))]
+        cells += [_ci(test, key) for key in HEADLINE] + [_pair(test, OPERATING), _deployed(model)]
         cells += [_deployed(model, "int8")] if int8 else []
         cells += [_pair(model.get("test_with_metadata")), _pair(model.get("test_with_metadata_per_lesion"))]
         table.append(cells)
@@ -146,13 +150,14 @@ def workflow(record: dict) -> str:
 
 def workflow_per_lesion(record: dict) -> str:
     """Per-image against per-lesion scores of a workflow run, each lesion scored once."""
-    header = ["model", "per image: bal. acc. / malignant AUROC", "per lesion: bal. acc. / malignant AUROC (95 % CI)"]
-    header += ["per lesion + metadata (95 % CI)", "per lesion + metadata: sens. / spec."]
+    pair, operating = headers(HEADLINE, short=True), headers(OPERATING, short=True)
+    header = ["model", f"per image: {pair}", f"per lesion: {pair} (95 % CI)"]
+    header += ["per lesion + metadata (95 % CI)", f"per lesion + metadata: {operating}"]
     table = []
     for model in record["models"]:
         meta = model.get("test_with_metadata_per_lesion")
         cells = [model["model"], _pair(model["test"]), _pair(model["test_per_lesion"], ci=True)]
-        table.append(cells + [_pair(meta, ci=True), _pair(meta, ("sensitivity", "specificity"))])
+        table.append(cells + [_pair(meta, ci=True), _pair(meta, OPERATING)])
     lesions = record["models"][0]["test_per_lesion"]["n_lesions"]
     return _table(header, table) + f"\n\n{lesions:,} test lesions, each once. " + _run_caption(record) + "\n"
 
@@ -167,7 +172,8 @@ def workflow_runtime(record: dict) -> str:
         if "train" in model:
             low, high = model["epoch_s_range"]
             cells = [model["model"], _shape(model), f"{model['train']['minutes']:.1f} min"]
-            cells += [f"{model['median_epoch_s']:.1f} s ({low}–{high})", f"{model['data_wait_pct']:.1f} %"]
+            cells += [f"{model['median_epoch_s']:.1f} s ({format_interval(low, high, '')})"]
+            cells += [f"{model['data_wait_pct']:.1f} %"]
             table.append(cells + [f"{model['train']['peak_rss_mb']:,} MB", evaluate])
         else:
             table.append([model["model"], "—", "—", "—", "—", "—", evaluate])
@@ -179,31 +185,26 @@ def workflow_runtime(record: dict) -> str:
     )
 
 
-# The project's goals, declared before the run: the model that validation recommends, scored per test image
-# (the ISIC convention), and the time budgets of the default run. Per-lesion and metadata rows are reported,
-# not judged.
-GOALS = {"balanced_accuracy": 0.70, "malignant_auroc": 0.93, "train_minutes": 30, "wall_minutes": 120}
+def _verdict(met: bool) -> str:
+    return "met" if met else "not met"
 
 
 def workflow_goals(record: dict) -> str:
-    """A workflow run against the goals: the recommended model per test image, and the budgets."""
-    model = next(m for m in record["models"] if m["model"] == record["recommended"])
-    deployed = model.get("deployed", {}).get("fp32", {}).get("test")
+    """A workflow run against the goals (:func:`skinlesion.evaluate.goals.judge`): the recommended
+    model per test image, and the budgets."""
+    verdicts = judge(record)
     table = []
-    for metric, name in (("balanced_accuracy", "balanced accuracy"), ("malignant_auroc", "malignant AUROC")):
-        value = model["test"]["metrics"][metric]["value"]
-        cells = [f"{name} (goal ≥ {GOALS[metric]:.2f})", _ci(model["test"], metric)]
-        cells.append("met" if value >= GOALS[metric] else "not met")
-        cells.append(_ci(deployed, metric) if deployed else "—")
+    for row in verdicts["metrics"]:
+        spec = metric(row["key"])
+        cells = [f"{spec.header} (goal ≥ {row['goal']:.2f})", format_ci(row["entry"], spec.spec)]
+        cells += [_verdict(row["met"]), format_ci(row["deployed"], spec.spec) if row["deployed"] else "—"]
         table.append(cells)
-    longest = max((m for m in record["models"] if "train" in m), key=lambda m: m["train"]["minutes"])
-    train_ok = longest["train"]["minutes"] <= GOALS["train_minutes"]
-    table.append([f"longest train rule (budget {GOALS['train_minutes']} min)", f"{longest['train']['minutes']:.1f} min "
-                  f"({longest['model']})", "met" if train_ok else "not met", "—"])  # fmt: skip
-    wall_ok = record["wall_minutes"] <= GOALS["wall_minutes"]
-    table.append([f"whole run (budget {GOALS['wall_minutes']} min)", f"{record['wall_minutes']:.1f} min",
-                  "met" if wall_ok else "not met", "—"])  # fmt: skip
-    header = [f"goal, for {model['model']} (recommended by validation), per test image", "this run", "verdict"]
+    train, wall = verdicts["train"], verdicts["wall"]
+    table.append([f"longest train rule (budget {train['budget']} min)", f"{train['minutes']:.1f} min "
+                  f"({train['model']})", _verdict(train["met"]), "—"])  # fmt: skip
+    table.append([f"whole run (budget {wall['budget']} min)", f"{wall['minutes']:.1f} min",
+                  _verdict(wall["met"]), "—"])  # fmt: skip
+    header = [f"goal, for {verdicts['model']} (recommended by validation), per test image", "this run", "verdict"]
     header.append("as deployed (ONNX fp32, no TTA)")
     return _table(header, table) + f"\n\n{_stamp(record)}.\n"
 
@@ -234,7 +235,8 @@ def inference(record: dict) -> str:
     int8 = any("int8_img_per_s" in r for r in record["rows"])
     header = ["tier", "input", "eager: images/s", "ONNX Runtime: images/s (× eager)", "single image: eager / ONNX"]
     if int8:
-        header += ["int8: images/s (× eager)", "int8 on validation: Δ bal. acc. / Δ malignant AUROC, argmax agreement"]
+        deltas = headers(HEADLINE, short=True, sep=" / Δ ")
+        header += ["int8: images/s (× eager)", f"int8 on validation: Δ {deltas}, argmax agreement"]
     table = []
     for r in record["rows"]:
         cells = [r["tier"], f"{r['input']} px", f"{r['eager_img_per_s']:.0f}"]
@@ -242,7 +244,7 @@ def inference(record: dict) -> str:
         cells += [f"{r['eager_single_ms']:.1f} / {r['onnx_single_ms']:.1f} ms"]
         if "int8_img_per_s" in r:
             v = r["int8_validation"]
-            delta = [v["int8"][m] - v["fp32"][m] for m in ("balanced_accuracy", "malignant_auroc")]
+            delta = [v["int8"][m] - v["fp32"][m] for m in HEADLINE]
             cells += [f"{r['int8_img_per_s']:.0f} ({r['int8_throughput_ratio']:.2f}×)"]
             cells += [f"{delta[0]:+.3f} / {delta[1]:+.3f}, {v['argmax_agreement']:.1%} of {v['images']:,} images"]
         elif int8:
@@ -252,6 +254,44 @@ def inference(record: dict) -> str:
         _table(header, table)
         + f"\n\nMedian throughput over batches of {record['rows'][0]['images']} validation images, "
         f"{record['threads']} threads for every engine. {_stamp(record)}.\n"
+    )
+
+
+def guard(record: dict) -> str:
+    """The input guard per tier (``benchmarks/guard.py --out``): acceptance of real images, refusal of
+    images that are not dermatoscopic, and the three out-of-distribution scores compared."""
+    scores = record["rows"][0]["scores"]
+    header = ["tier", "accepted: val", "test", "full-size uploads", "not dermatoscopic: refused"]
+    header += [f"{s}: AUROC / refused" for s in scores]
+    table = []
+    for r in record["rows"]:
+        acc = r["acceptance"]
+        refused = [i for i in r["ood_images"] if not i["accepted"]]
+        cells = [r["tier"]] + [
+            f"{acc[k]['accepted']:.1%} of {acc[k]['images']:,}" if k in acc else "—" for k in ("val", "test", "fullres")
+        ]
+        cells.append(f"{len(refused)} of {len(r['ood_images'])}")
+        cells += [f"{v['auroc_test_vs_ood']:.3f} / {v['ood_refused']:.0%}" for v in r["scores"].values()]
+        table.append(cells)
+    reasons: dict[str, set] = {}
+    accepted_by: dict[str, list] = {}
+    for r in record["rows"]:
+        for i in r["ood_images"]:
+            reasons.setdefault(i["image"], set()).update(i["reasons"])
+            if i["accepted"]:
+                accepted_by.setdefault(i["image"], []).append(r["tier"])
+    listed = "; ".join(
+        f"{name}: {', '.join(sorted(rs))}"
+        + (f" (accepted by {', '.join(accepted_by[name])})" if name in accepted_by else "")
+        for name, rs in reasons.items()
+    )
+    deployed = record["rows"][0]["guard"]["ood"]
+    return (
+        _table(header, table)
+        + f"\n\nDeployed: quality checks and the {deployed['score']} score at the threshold accepting "
+        f"{deployed['accept_share']:.0%} of the validation split. The score columns: each score alone (no quality "
+        "check), AUROC of test split against the not-dermatoscopic images, and the share of those it refuses at "
+        f"its own validation threshold. Reasons given, over the tiers: {listed}. {_stamp(record)}.\n"
     )
 
 
@@ -320,6 +360,7 @@ RENDERERS = {
     ("workflow", "goals"): workflow_goals,
     ("train_throughput", ""): train_throughput,
     ("inference", ""): inference,
+    ("guard", ""): guard,
     ("data_stage", ""): data_stage,
     ("load_test", ""): load_test,
     ("containers", ""): containers,

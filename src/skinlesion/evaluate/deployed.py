@@ -21,7 +21,8 @@ from skinlesion import CLASSES
 from skinlesion.evaluate.external import read_ground_truth
 from skinlesion.evaluate.predictions import set_binary_probability, set_class_probabilities, write_csv
 from skinlesion.evaluate.scoring import metrics_from_predictions, write_result
-from skinlesion.serve.inference import PRECISIONS, OnnxClassifier, decode, to_input
+from skinlesion.serve.guard import REASONS
+from skinlesion.serve.inference import PRECISIONS, OnnxClassifier, Upload, decode, to_input
 from skinlesion.tables import load_split_table, record_test_scoring
 
 BATCH = 256
@@ -45,11 +46,24 @@ def deployed_table(clf: OnnxClassifier, probs: np.ndarray, frame: pd.DataFrame) 
     return out
 
 
-def _probabilities(clf: OnnxClassifier, squares: np.ndarray) -> np.ndarray:
-    return np.concatenate(
-        [clf.probabilities(np.stack([to_input(sq, clf.input_size) for sq in squares[i : i + BATCH]]))
-         for i in range(0, len(squares), BATCH)]
-    )  # fmt: skip
+def _outputs(clf: OnnxClassifier, squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, ood scores) of cache squares, in batches."""
+    parts = [
+        clf.outputs(np.stack([to_input(sq, clf.input_size) for sq in squares[i : i + BATCH]]))
+        for i in range(0, len(squares), BATCH)
+    ]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def guard_figures(clf: OnnxClassifier, squares: np.ndarray, ood: np.ndarray) -> dict:
+    """The input guard on a set of in-distribution images: the share it accepts and, per reason, the
+    share it refuses for that reason (the upload size is unknown for cache squares: no too_small)."""
+    reasons = [clf.reasons(Upload("", sq), score) for sq, score in zip(squares, ood.tolist(), strict=True)]
+    return {
+        "images": len(reasons),
+        "accepted": float(np.mean([not r for r in reasons])),
+        "refused_by_reason": {k: float(np.mean([k in r for r in reasons])) for k in REASONS if k != "too_small"},
+    }
 
 
 def external_squares(images: str, ground_truth: str, cache_size: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -104,11 +118,12 @@ def evaluate_deployed(
         clf = OnnxClassifier(model_dir, precision=precision)
 
         def score(frame: pd.DataFrame, inputs: np.ndarray, clf=clf) -> tuple[pd.DataFrame, dict]:
-            preds = deployed_table(clf, _probabilities(clf, inputs), frame)
-            prior = clf.class_prior
-            return preds, metrics_from_predictions(
-                preds, threshold=clf.threshold, n_boot=n_boot, seed=seed, prior=prior
+            probs, ood = _outputs(clf, inputs)
+            preds = deployed_table(clf, probs, frame)
+            metrics = metrics_from_predictions(
+                preds, threshold=clf.threshold, n_boot=n_boot, seed=seed, prior=clf.class_prior
             )
+            return preds, metrics | {"guard": guard_figures(clf, inputs, ood)}
 
         preds, blocks = score(test, squares)
         result["onnx"][precision] = {"model_version": clf.version, "test": blocks}

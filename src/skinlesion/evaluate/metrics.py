@@ -62,10 +62,15 @@ def summary_scores(preds) -> dict[str, float]:
     """Per-image balanced accuracy and malignant AUROC of a predictions table (no bootstrap): what
     model selection compares, on cross-validation folds and on the validation split."""
     _, y, probs = labelled(preds)
+    scores = decision_scores(y, probs.argmax(axis=1), preds["true_dx"].isin(MALIGNANT), preds["p_malignant"])
+    return {"n_images": len(preds)} | scores
+
+
+def decision_scores(y, decisions, y_malignant, p_malignant) -> dict[str, float]:
+    """Balanced accuracy of class decisions and malignant AUROC of p_malignant (no bootstrap)."""
     return {
-        "n_images": len(preds),
-        "balanced_accuracy": float(balanced_accuracy_score(y, probs.argmax(axis=1))),
-        "malignant_auroc": float(roc_auc_score(preds["true_dx"].isin(MALIGNANT), preds["p_malignant"])),
+        "balanced_accuracy": float(balanced_accuracy_score(y, decisions)),
+        "malignant_auroc": float(roc_auc_score(y_malignant, p_malignant)),
     }
 
 

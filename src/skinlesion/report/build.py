@@ -10,6 +10,18 @@ from pathlib import Path
 import pandas as pd
 
 from skinlesion.evaluate.metrics import recommended_tier
+from skinlesion.formatting import (
+    BY_KEY,
+    HEADLINE,
+    METRICS,
+    OPERATING,
+    format_ci,
+    format_interval,
+    format_value,
+    format_values,
+    headers,
+    metric,
+)
 from skinlesion.io import atomic_path
 from skinlesion.provenance import run_provenance
 from skinlesion.tables import test_scorings
@@ -29,17 +41,8 @@ ANCHORS = [
     },
 ]
 
-COLUMNS = [
-    "balanced_accuracy",
-    "accuracy",
-    "macro_f1",
-    "macro_auroc",
-    "malignant_auroc",
-    "malignant_ap",
-    "sensitivity",
-    "specificity",
-    "ece",
-]
+# The comparison's metric columns: every metric of the specification (skinlesion.formatting), in its order.
+COLUMNS = [m.key for m in METRICS]
 
 
 # The metrics JSON's test blocks, and their rows' names in the comparison.
@@ -96,7 +99,7 @@ def comparison_table(
             for key in COLUMNS:
                 m = result[block]["metrics"].get(key)
                 row[key] = round(m["value"], 4) if m else None
-                row[f"{key}_ci"] = f"{m['ci_low']:.3f}-{m['ci_high']:.3f}" if m else None
+                row[f"{key}_ci"] = format_interval(m["ci_low"], m["ci_high"]) if m else None
             scored = result[block]
             row["caveat"] = "this pipeline: lesion-grouped test split, " + (
                 f"{scored['n_lesions']} lesions, each once (its images' probabilities averaged)"
@@ -147,14 +150,27 @@ def answer(result: dict, external: dict | None) -> pd.DataFrame:
     for name, block in scored:
         m = block["metrics"]
         row = {"scored on": name, "images": block["n_images"], "lesions": block.get("n_lesions")}
-        for key, label in (("balanced_accuracy", "balanced accuracy"), ("malignant_auroc", "malignant AUROC")):
+        for key in HEADLINE:
             if key in m:
-                row[label] = f"{m[key]['value']:.3f} ({m[key]['ci_low']:.3f}–{m[key]['ci_high']:.3f})"
-        if "sensitivity" in m:
-            row["sensitivity / specificity"] = f"{m['sensitivity']['value']:.3f} / {m['specificity']['value']:.3f}"
+                row[metric(key).header] = format_ci(m[key], metric(key).spec)
+        if all(key in m for key in OPERATING):
+            row[headers(OPERATING)] = format_values(m, OPERATING)
         row["threshold"] = f"{block['threshold']:.4f}"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def metric_table(metrics: dict) -> pd.DataFrame:
+    """A scored block's metrics, one row each (key, value, 95% CI): those of the specification in its
+    order, then any other the block holds."""
+    order = [m.key for m in METRICS if m.key in metrics] + [k for k in metrics if k not in BY_KEY]
+    rows = []
+    for key in order:
+        entry, spec = metrics[key], BY_KEY[key].spec if key in BY_KEY else ".3f"
+        rows.append(
+            {"metric": key, "value": entry["value"], "95% CI": format_interval(entry["ci_low"], entry["ci_high"], spec)}
+        )
+    return pd.DataFrame(rows, columns=["metric", "value", "95% CI"])
 
 
 def _img(path: str | os.PathLike) -> str:
@@ -171,6 +187,14 @@ def rule_runtimes(benchmark_dir: str | os.PathLike) -> pd.DataFrame:
             {"job": job, "seconds": round(float(bench["s"].iloc[0]), 1), "max_rss_mb": bench["max_rss"].iloc[0]}
         )
     return pd.DataFrame(rows, columns=["job", "seconds", "max_rss_mb"])
+
+
+def report_environment(env):
+    """The report template's Jinja environment with the metric formats of skinlesion.formatting as
+    filters: ``entry|ci(spec, label)`` (value and interval) and ``value|value(spec)``."""
+    env.filters["ci"] = lambda entry, spec, label="": format_ci(entry, spec.spec, label)
+    env.filters["value"] = lambda value, spec: format_value(value, spec.spec)
+    return env
 
 
 def build_report(
@@ -197,7 +221,9 @@ def build_report(
     (tier: MODEL_CARD.md) are linked, relative to the page."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    env = Environment(loader=PackageLoader("skinlesion.report", "templates"), autoescape=select_autoescape())
+    env = report_environment(
+        Environment(loader=PackageLoader("skinlesion.report", "templates"), autoescape=select_autoescape())
+    )
 
     def table(frame: pd.DataFrame) -> str:
         html = with_integers(frame).to_html(
@@ -211,12 +237,7 @@ def build_report(
         if deployed and tier in deployed:
             result = with_deployed(result, json.loads(Path(deployed[tier]).read_text()))
         per_class = pd.DataFrame(result["test"]["per_class"]).T.reset_index(names="class")
-        scalar = pd.DataFrame(
-            [
-                {"metric": k, "value": v["value"], "95% CI": f"{v['ci_low']:.3f}-{v['ci_high']:.3f}"}
-                for k, v in result["test"]["metrics"].items()
-            ]
-        )
+        scalar = metric_table(result["test"]["metrics"])
         tiers.append(
             {
                 "name": tier,
@@ -229,14 +250,7 @@ def build_report(
     external_tables = {}
     for tier, path in (external or {}).items():
         ext = json.loads(Path(path).read_text())
-        external_tables[tier] = table(
-            pd.DataFrame(
-                [
-                    {"metric": k, "value": v["value"], "95% CI": f"{v['ci_low']:.3f}-{v['ci_high']:.3f}"}
-                    for k, v in ext["metrics"].items()
-                ]
-            )
-        )
+        external_tables[tier] = table(metric_table(ext["metrics"]))
     results = {t["name"]: t["result"] for t in tiers}
     recommended = recommended_tier(results) if results else None
     external_results = {tier: json.loads(Path(path).read_text()) for tier, path in (external or {}).items()}
@@ -262,6 +276,8 @@ def build_report(
         runtimes=table(rule_runtimes(benchmark_dir)),
         test_scorings=table(test_scorings(ledger)) if ledger else "",
         n_test_scorings=len(test_scorings(ledger)) if ledger else None,
+        headline=[metric(key) for key in HEADLINE],
+        operating=[metric(key) for key in OPERATING],
         model_cards={
             tier: Path(os.path.relpath(card, Path(out_html).parent)).as_posix()
             for tier, card in (model_cards or {}).items()

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from skinlesion import CLASSES  # noqa: E402
+from skinlesion.formatting import format_interval, format_value  # noqa: E402
 from skinlesion.io import atomic_path  # noqa: E402
 from skinlesion.tables import load_development_table  # noqa: E402
 from skinlesion.train.datamodule import color_transform, eval_transform, train_transform  # noqa: E402
@@ -106,11 +107,12 @@ def evaluation_figures(
     fpr, tpr, _ = roc_curve(y_mal, preds["p_malignant"])
     m = metrics["metrics"]
     auc = m["malignant_auroc"]
+    interval = format_interval(auc["ci_low"], auc["ci_high"])
     axes[1].plot(
         fpr,
         tpr,
         color="C3",
-        label=f"malignant vs benign (AUROC {auc['value']:.3f}, 95% CI {auc['ci_low']:.3f}-{auc['ci_high']:.3f})",
+        label=f"malignant vs benign (AUROC {format_value(auc['value'])}, 95% CI {interval})",
     )
     if "sensitivity" in m:
         axes[1].plot(

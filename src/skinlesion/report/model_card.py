@@ -27,28 +27,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from skinlesion import MALIGNANT
+from skinlesion import MALIGNANT, formatting
 from skinlesion.data.preprocess import read_index
 from skinlesion.io import atomic_path
 
-# The metrics the card shows for a whole test set, in order, with their names in the card.
-METRICS = (
-    ("balanced_accuracy", "balanced accuracy (mean recall of the diagnoses)"),
-    ("accuracy", "accuracy"),
-    ("macro_f1", "macro F1"),
-    ("macro_auroc", "macro AUROC (one diagnosis against the rest)"),
-    ("malignant_auroc", "malignant AUROC (mel + bcc + akiec against the rest)"),
-    ("malignant_ap", "malignant average precision"),
-    ("sensitivity", "sensitivity for malignant at the operating threshold"),
-    ("specificity", "specificity for malignant at the operating threshold"),
-    ("ece", "expected calibration error (bias-corrected)"),
-)
+# The metrics the card shows for a whole test set, in order, with their names in the card
+# (skinlesion.formatting's specification).
+METRICS = tuple((m.key, m.card) for m in formatting.METRICS)
 # The subgroup metrics, malignant against benign at the contract's threshold.
-SUBGROUP_METRICS = (
-    ("malignant_auroc", "malignant AUROC"),
-    ("sensitivity", "sensitivity"),
-    ("specificity", "specificity"),
-)
+SUBGROUP_METRICS = tuple((key, formatting.metric(key).header) for key in ("malignant_auroc", *formatting.OPERATING))
 # (label, lowest age in the band, first age above it); ages missing from the metadata are "unknown".
 AGE_BANDS = (("<30", None, 30), ("30-49", 30, 50), ("50-69", 50, 70), ("≥70", 70, None))
 UNKNOWN = "unknown"
@@ -248,6 +235,15 @@ def card_facts(
             "validation": {k: metrics["validation"][k] for k in ("balanced_accuracy", "malignant_auroc")},
             "test": _blocks(metrics["test"], ("balanced_accuracy", "malignant_auroc")),
         },
+        "guard": {
+            "quality": contract["guard"]["quality"],
+            "ood": {k: contract["guard"]["ood"][k] for k in ("score", "description", "accept_share", "threshold")},
+            "accepted": {
+                unit: block[unit]["guard"]
+                for unit in ("test", "external")
+                if unit in (block := deployed["onnx"]["fp32"])
+            },
+        },
         "subgroups": {
             "scored": "as deployed (ONNX fp32, no TTA), test split",
             "threshold": threshold,
@@ -281,11 +277,7 @@ def card_facts(
 
 
 def _fmt(value, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _ci(metric: dict) -> str:
-    return f"{_fmt(metric['value'])} ({_fmt(metric['ci_low'])}–{_fmt(metric['ci_high'])})"
+    return formatting.format_value(value, f".{digits}f")
 
 
 def render_card(facts: dict) -> str:
@@ -301,7 +293,7 @@ def render_card(facts: dict) -> str:
         undefined=StrictUndefined,
     )
     env.filters["fmt"] = _fmt
-    env.filters["ci"] = _ci
+    env.filters["ci"] = formatting.format_ci
     return env.get_template("model_card.md.j2").render(
         f=facts,
         metrics=METRICS,

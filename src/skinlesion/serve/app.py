@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from skinlesion.serve.inference import MAX_PIXELS, ImageError, OnnxClassifier, decode
+from skinlesion.serve.guard import REASON_TEXT
+from skinlesion.serve.inference import MAX_PIXELS, ImageError, OnnxClassifier, Upload, read_upload
 
 ROOT = Path(__file__).resolve().parents[3]
 MODEL_DIR = Path(os.environ.get("SKINLESION_MODEL", "results/export/baseline_cnn"))
@@ -69,7 +70,7 @@ def read_member(zpath: str, member: str) -> bytes:
         return zf.read(member)
 
 
-def predict(name: str, data: bytes, square: np.ndarray) -> dict:
+def predict(name: str, data: bytes, upload: Upload) -> dict:
     if SERVICE_URL:
         import requests
 
@@ -79,7 +80,7 @@ def predict(name: str, data: bytes, square: np.ndarray) -> dict:
         body = response.json()
         return body["predictions"][0] | {"model_version": body["model_version"]}
     clf = classifier(str(MODEL_DIR))
-    return clf.predict([(name, square)])[0].as_dict() | {"model_version": clf.version}
+    return clf.predict([upload])[0].as_dict() | {"model_version": clf.version}
 
 
 def overlay(square: np.ndarray, cam: np.ndarray) -> np.ndarray:
@@ -116,11 +117,18 @@ else:
 
 if data is not None:
     try:
-        square = decode(name, data, size=clf.cache_size, max_pixels=MAX_PIXELS)
-        result = predict(name, data, square)
+        upload = read_upload(name, data, size=clf.cache_size, max_pixels=MAX_PIXELS)
+        result = predict(name, data, upload)
     except ImageError as exc:
         st.error(str(exc))
         st.stop()
+    square = upload.square
+    if not result["accepted"]:
+        st.error(
+            "Not a dermatoscopic image of the kind this model knows ("
+            + ", ".join(REASON_TEXT[r] for r in result["reasons"])
+            + "). The prediction below is shown for inspection only; do not use it."
+        )
     threshold = clf.threshold
     left, mid, right = st.columns(3)
     left.image(square, caption=name, width="stretch")

@@ -13,15 +13,17 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from skinlesion.data.preprocess import load_square
+from skinlesion.serve.guard import OOD_REASON, quality_reasons
 
-CONTRACT_FORMAT = "skinlesion-onnx/2"  # 2: the graph returns population probabilities
+CONTRACT_FORMAT = "skinlesion-onnx/3"  # 2: population probabilities; 3: the input guard (ood_score, contract "guard")
 FORMATS = ("JPEG", "PNG")  # what the contract accepts; any other format is refused (415)
 MAX_PIXELS = 40_000_000  # the largest image (width x height) decoded; dermatoscopes give well under 20 MP
 
@@ -34,7 +36,21 @@ class ImageError(ValueError):
         self.name, self.reason, self.status = name, reason, status
 
 
+class Upload(NamedTuple):
+    """A decoded upload: its name, the uint8 cache square and the original (width, height) (None where
+    the square comes from the cache)."""
+
+    name: str
+    square: np.ndarray
+    size: tuple[int, int] | None = None
+
+
 def decode(name: str, data: bytes, *, size: int, max_pixels: int) -> np.ndarray:
+    """The uint8 (size, size, 3) cache square of an upload (:func:`read_upload`)."""
+    return read_upload(name, data, size=size, max_pixels=max_pixels).square
+
+
+def read_upload(name: str, data: bytes, *, size: int, max_pixels: int) -> Upload:
     """Decode an upload to the uint8 (size, size, 3) square the cache holds, or raise ImageError.
 
     Only JPEG and PNG are opened (:data:`FORMATS`). The header is read first, so a decompression bomb
@@ -54,7 +70,7 @@ def decode(name: str, data: bytes, *, size: int, max_pixels: int) -> np.ndarray:
     if w * h > max_pixels:
         raise ImageError(name, f"image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels", status=413)
     try:
-        return load_square(img, size)
+        return Upload(name, load_square(img, size), (w, h))
     except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
         raise ImageError(name, f"cannot decode image: {exc}") from exc
 
@@ -88,14 +104,20 @@ class Prediction:
     p_malignant: float
     malignant: bool
     predicted_class: str
+    accepted: bool = True
+    reasons: list[str] = field(default_factory=list)
+    ood_score: float | None = None
 
     def as_dict(self) -> dict:
         return {
             "file": self.name,
+            "accepted": self.accepted,
+            "reasons": self.reasons,
             "predicted_class": self.predicted_class,
             "probabilities": self.probabilities,
             "p_malignant": self.p_malignant,
             "decision": "malignant" if self.malignant else "benign",
+            "ood_score": self.ood_score,
         }
 
 
@@ -132,12 +154,29 @@ class OnnxClassifier:
         self.threshold: float = model["operating_threshold"]
         self.malignant_idx = [self.class_names.index(n) for n in c["malignant_classes"]]
         self.class_prior = c.get("class_prior")
+        self.quality_limits: dict = c["guard"]["quality"]
+        self.ood_threshold: float = (
+            c["int8"]["ood_threshold"] if precision == "int8" else c["guard"]["ood"]["threshold"]
+        )
         self.version = f"{c['tier']}-{'int8-' if precision == 'int8' else ''}{model['onnx_sha256'][:12]}"
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 (N, 3, n, n) inputs in 0-255 -> ((N, C) calibrated population class probabilities,
+        (N,) out-of-distribution scores of the input guard)."""
+        probs, ood = self.session.run(
+            ["probabilities", "ood_score"], {"image": np.ascontiguousarray(batch, dtype=np.float32)}
+        )
+        return probs, ood
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, 3, n, n) inputs in 0-255 -> (N, C) calibrated population class probabilities."""
-        (probs,) = self.session.run(["probabilities"], {"image": np.ascontiguousarray(batch, dtype=np.float32)})
-        return probs
+        return self.outputs(batch)[0]
+
+    def reasons(self, upload: Upload, ood_score: float) -> list[str]:
+        """Why the guard refuses an upload (:mod:`skinlesion.serve.guard`): its failed quality checks,
+        and out_of_distribution where the score passes the threshold; empty when it is accepted."""
+        reasons = quality_reasons(upload.square, upload.size, self.quality_limits)
+        return reasons + ([OOD_REASON] if ood_score > self.ood_threshold else [])
 
     def p_malignant(self, probs: np.ndarray) -> np.ndarray:
         """The malignant classes' share of the probabilities, as the export chose the threshold for."""
@@ -147,22 +186,27 @@ class OnnxClassifier:
         """The predicted class index of each row (:func:`balanced_decision` under the contract's prior)."""
         return balanced_decision(probs, self.class_prior)
 
-    def predict(self, named_squares: list[tuple[str, np.ndarray]]) -> list[Prediction]:
-        """Predictions for decoded cache squares (see :func:`decode`), one batch."""
-        if not named_squares:
+    def predict(self, uploads: list[Upload | tuple[str, np.ndarray]]) -> list[Prediction]:
+        """Predictions for decoded uploads (:func:`read_upload`; a (name, cache square) pair has no
+        size to check), one batch, each with the input guard's verdict."""
+        if not uploads:
             return []
-        batch = np.stack([to_input(sq, self.input_size) for _, sq in named_squares])
-        probs = self.probabilities(batch)
+        uploads = [Upload(*u) for u in uploads]
+        probs, ood = self.outputs(np.stack([to_input(u.square, self.input_size) for u in uploads]))
         p_malignant, decisions = self.p_malignant(probs), self.decisions(probs)
         out = []
-        for (name, _), p, p_mal, k in zip(named_squares, probs, p_malignant.tolist(), decisions, strict=True):
+        for u, p, p_mal, k, score in zip(uploads, probs, p_malignant.tolist(), decisions, ood.tolist(), strict=True):
+            reasons = self.reasons(u, score)
             out.append(
                 Prediction(
-                    name=name,
+                    name=u.name,
                     probabilities={c: min(1.0, float(v)) for c, v in zip(self.class_names, p, strict=True)},
                     p_malignant=p_mal,
                     malignant=p_mal >= self.threshold,
                     predicted_class=self.class_names[int(k)],
+                    accepted=not reasons,
+                    reasons=reasons,
+                    ood_score=score,
                 )
             )
         return out

@@ -3,11 +3,13 @@
 ``skinlesion serve --model results/export/baseline_cnn`` starts it. Endpoints:
 
 - ``POST /predict``: multipart form, one or several images in the field ``files`` -> per image the
-  class probabilities, ``p_malignant``, the decision at the operating threshold, and the model
-  version (tier + ONNX checksum);
+  input guard's verdict (``accepted``, and the ``reasons`` when it is false: the image fails a
+  quality check or is out of distribution, :mod:`skinlesion.serve.guard`), the class probabilities,
+  ``p_malignant``, the decision at the operating threshold, and the model version (tier + ONNX
+  checksum). A refused image still gets its prediction, marked by ``accepted: false``;
 - ``GET /health``: liveness plus which model is loaded;
 - ``GET /metrics``: Prometheus metrics (requests by endpoint and status, latency histogram,
-  errors by reason, images classified).
+  errors by reason, images classified, images the guard refused by reason).
 
 Bad input gets a 4xx JSON body ``{"detail": ..., "file": ...}`` (:class:`Error`) that names the
 file and the reason: an empty body or a wrong field name (422), more files than allowed (422), an
@@ -32,7 +34,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from skinlesion.serve.inference import MAX_PIXELS, ImageError, OnnxClassifier, decode
+from skinlesion.serve.guard import REASONS
+from skinlesion.serve.inference import MAX_PIXELS, ImageError, OnnxClassifier, read_upload
 
 FIELD = "files"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -75,6 +78,9 @@ def text_part_bytes(part: str) -> bytes:
         return part.encode("utf-8")
 
 
+Reason = Literal[REASONS]  # type: ignore[valid-type]
+
+
 class Error(BaseModel):
     """The body of every 4xx answer."""
 
@@ -84,6 +90,13 @@ class Error(BaseModel):
 
 class ImagePrediction(BaseModel):
     file: str = Field(description="The upload's file name")
+    accepted: bool = Field(
+        description="False where the input guard refuses the image: the prediction is then not to be used"
+    )
+    reasons: list[Reason] = Field(description="Why the guard refused the image; empty when accepted")
+    ood_score: float = Field(
+        description="The guard's out-of-distribution score (higher: further from the training data)"
+    )
     predicted_class: str = Field(description="The most probable class (the balanced-accuracy argmax)")
     probabilities: dict[str, float] = Field(description="Probability per class, by class name")
     p_malignant: float = Field(ge=0, le=1, description="Malignant probability (mel + bcc + akiec, population prior)")
@@ -168,6 +181,11 @@ def create_app(
     )
     errors = Counter("skinlesion_errors", "Requests answered with an error", ["endpoint", "reason"], registry=registry)
     images = Counter("skinlesion_images_classified", "Images classified", registry=registry)
+    refused = Counter(
+        "skinlesion_images_refused", "Images the input guard refused, by reason", ["reason"], registry=registry
+    )
+    for reason in REASONS:
+        refused.labels(reason)
 
     app = FastAPI(
         title="skinlesion inference",
@@ -262,11 +280,14 @@ def create_app(
         ]
 
         def classify():  # decoding and inference are CPU work: off the event loop
-            squares = [(n, decode(n, data, size=classifier.cache_size, max_pixels=max_pixels)) for n, data in uploads]
-            return classifier.predict(squares)
+            decoded = [read_upload(n, data, size=classifier.cache_size, max_pixels=max_pixels) for n, data in uploads]
+            return classifier.predict(decoded)
 
         predictions = await run_in_threadpool(classify)
         images.inc(len(predictions))
+        for p in predictions:
+            for reason in p.reasons:
+                refused.labels(reason).inc()
         return Predictions(
             model_version=classifier.version,
             operating_threshold=classifier.threshold,

@@ -12,7 +12,7 @@ Augmentation takes one of two paths (``augment.on_device``):
   networks on a GPU otherwise wait for the CPU workers.
 
 Either way the draws come from the per-epoch seeds (:class:`EpochSampler`, and the global random
-state that :class:`skinlesion.train.fit.EpochSeed` sets), so CPU reruns are byte-identical.
+state that :class:`skinlesion.train.callbacks.EpochSeed` sets), so CPU reruns are byte-identical.
 """
 
 from __future__ import annotations
@@ -114,12 +114,12 @@ class EpochSampler(Sampler):
     with a seed for its augmentation (:class:`CacheDataset`).
 
     Nothing carries over from one epoch to the next, so a training resumed at epoch k sees exactly
-    the samples and augmentations an uninterrupted one sees, whatever the number of workers.
+    the samples and augmentations an uninterrupted one sees, whatever the number of workers, provided
+    the pass is drawn once the fit loop knows its epoch (:class:`FirstBatchLoader`).
     ``epoch`` (a callable) names the epoch as each pass starts: in training, the fit loop's own count
-    (:meth:`LesionDataModule.next_epoch`), which is right even where Lightning draws a pass before it
-    calls :meth:`set_epoch` (a resumed fit, whose DataLoader workers prefetch as the loader is set up)
-    and where it never calls it on this sampler (wrapped for DDP). Without it, :meth:`set_epoch` names
-    the epoch and each pass moves on to the next.
+    (:meth:`LesionDataModule.next_epoch`), which is right whether or not Lightning has called
+    :meth:`set_epoch` by then, and where it never calls it on this sampler (wrapped for DDP). Without
+    it, :meth:`set_epoch` names the epoch and each pass moves on to the next.
     """
 
     def __init__(
@@ -144,6 +144,38 @@ class EpochSampler(Sampler):
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
         draw_seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=g)
         return iter(list(zip(order.tolist(), draw_seeds.tolist(), strict=True)))
+
+
+class _FirstBatchIterator:
+    """The iterator of a :class:`FirstBatchLoader`: makes the DataLoader's own at the first ``next``."""
+
+    def __init__(self, start: Callable[[], object]):
+        self._start, self._iterator = start, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._iterator is None:
+            self._iterator = self._start()
+        return next(self._iterator)
+
+
+class FirstBatchLoader(DataLoader):
+    """A DataLoader whose pass starts when its first batch is asked for, not when ``iter()`` is called.
+
+    With workers, the DataLoader's own iterator hands the sampler's first batches to them as it is
+    made, so the sampler draws the pass (and :class:`EpochSampler` reads the fit loop's epoch) then.
+    Lightning makes the training iterator as it sets the loader up, and where ``configure_optimizers``
+    reads ``trainer.estimated_stepping_batches`` (as :class:`~skinlesion.train.module.LesionClassifier`'s
+    does), that is before it restores the loops from the checkpoint: a fit resumed after epoch k drew
+    epoch 0's samples and augmentation seeds for its first epoch. The first batch is asked for in the
+    epoch loop, after the restore and after ``on_train_epoch_start``. (Without workers the DataLoader's
+    own iterator is already lazy, the reason a resumed run without workers matched all along.)
+    """
+
+    def __iter__(self):
+        return _FirstBatchIterator(super().__iter__)
 
 
 class CacheDataset(Dataset):
@@ -225,8 +257,8 @@ class LesionDataModule(L.LightningDataModule):
             transform = eval_transform(self.image_size)
         return CacheDataset(self.images_npy, self.table["row"].to_numpy()[rows], self.labels[rows], transform)
 
-    def _loader(self, dataset, **kwargs) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset, loader: type[DataLoader] = DataLoader, **kwargs) -> DataLoader:
+        return loader(
             dataset,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
@@ -236,16 +268,17 @@ class LesionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Seeded per epoch (:class:`EpochSampler`): class-balanced draws with ``imbalance: sampler``,
-        else a permutation. The loader's own generator keeps its worker seeds off the global RNG."""
+        else a permutation, each pass drawn at its first batch (:class:`FirstBatchLoader`). The loader's
+        own generator keeps its worker seeds off the global RNG."""
         data = self.dataset("train", train=True)
         weights = 1.0 / self.class_counts()[data.labels.numpy()] if self.imbalance == "sampler" else None
         sampler = EpochSampler(len(data), weights, seed=self.seed, epoch=self.next_epoch if self.trainer else None)
         generator = torch.Generator().manual_seed(self.seed)
-        return self._loader(data, sampler=sampler, generator=generator, drop_last=True)
+        return self._loader(data, FirstBatchLoader, sampler=sampler, generator=generator, drop_last=True)
 
     def next_epoch(self) -> int:
-        """The epoch the fit loop runs next, from its (restored) progress. ``trainer.current_epoch`` lags
-        by one while a resumed fit sets up its loader, which is when the first pass is drawn."""
+        """The epoch the fit loop runs next, from its progress (restored from the checkpoint in a resumed
+        fit by the time the first pass is drawn: :class:`FirstBatchLoader`)."""
         return self.trainer.fit_loop.epoch_progress.current.processed
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

@@ -8,6 +8,7 @@ read preprocessing from the checkpoint.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import lightning as L
@@ -48,6 +49,39 @@ def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float):
 
 
 class LesionClassifier(L.LightningModule):
+    """One tier's classifier. Built by :meth:`from_settings`: each constructor argument but those in
+    :attr:`NOT_SETTINGS` is the training setting of the same name (``schemas/config.schema.yaml``), so a
+    new hyperparameter is a schema key, a config value and an argument here, and the checkpoint's
+    hyperparameters hold it under that name."""
+
+    #: Arguments that are not training settings: what the data and the task give (class names,
+    #: normalisation, cache size, the imbalance remedy's class weights and priors), and switches.
+    NOT_SETTINGS = frozenset(
+        {
+            "tier",
+            "class_names",
+            "mean",
+            "std",
+            "cache_size",
+            "class_weights",
+            "class_prior",
+            "malignant_prior",
+            "channels_last",
+            "pretrained_weights",
+            "init_weights",
+        }
+    )
+
+    @classmethod
+    def from_settings(cls, tier: str, settings: dict, **others) -> LesionClassifier:
+        """The classifier of ``tier`` from its validated settings (:func:`skinlesion.config.tier_settings`)
+        and ``others``, arguments of :attr:`NOT_SETTINGS`. A setting the constructor takes and
+        ``settings`` lacks is a KeyError (no silent default)."""
+        if misplaced := others.keys() - cls.NOT_SETTINGS:
+            raise TypeError(f"from_settings: {sorted(misplaced)} are read from the settings")
+        names = [name for name in inspect.signature(cls.__init__).parameters if name not in {"self", *cls.NOT_SETTINGS}]
+        return cls(tier=tier, **{name: settings[name] for name in names}, **others)
+
     def __init__(
         self,
         tier: str,
