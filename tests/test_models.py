@@ -141,6 +141,9 @@ def test_reloaded_checkpoint_predicts_identically(tmp_path):
 
 def test_pretrained_without_weights_says_how_to_fix(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable once, on import; an earlier test may have imported it (timm
+    # does), and then the download is tried, online, or offline until its connections time out.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(PretrainedWeightsError, match="weights: package.*pretrained: false"):
         build_transfer(7, "efficientnet_b0", pretrained=True, weights="hub")
     with pytest.raises(PretrainedWeightsError, match="use package, hub, hf-hub"):

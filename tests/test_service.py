@@ -81,7 +81,9 @@ def test_a_certainly_malignant_image_gets_200_not_500(client, monkeypatch, jpegs
     p_malignant is clipped to [0, 1], so the response validates."""
     degenerate = np.array([[0.2569, 0.6032, 0, 0, 0.1399, 0, 0]], dtype=np.float32)
     assert degenerate[0, [0, 1, 4]].sum(dtype=np.float64) > 1
-    monkeypatch.setattr(OnnxClassifier, "probabilities", lambda self, batch: np.repeat(degenerate, len(batch), 0))
+    monkeypatch.setattr(
+        OnnxClassifier, "outputs", lambda self, batch: (np.repeat(degenerate, len(batch), 0), np.zeros(len(batch)))
+    )
     response = post(client, jpegs[0])
     assert response.status_code == 200
     assert response.json()["predictions"][0]["p_malignant"] == 1.0
