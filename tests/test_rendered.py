@@ -36,6 +36,12 @@ def test_every_rendered_block_matches_its_results_file():
     }
 
 
+def test_the_readme_shows_the_headline_run_and_its_goals():
+    """The README's one results table and the goals verdict come from the recorded headline run."""
+    sources = [m.group(2) for m in BLOCK.finditer((ROOT / "README.md").read_text())]
+    assert "benchmarks/results/workflow.json" in sources and "benchmarks/results/workflow.json#goals" in sources
+
+
 def selection_record(delta_bal):
     rows = [{"variant": "default", "fold": str(k), "balanced_accuracy": 0.6, "malignant_auroc": 0.9} for k in range(3)]
     stats = {

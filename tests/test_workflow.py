@@ -94,6 +94,15 @@ def test_corrupted_raw_file_stops_the_workflow_before_it_is_used(tmp_path):
     assert (tmp_path / "results" / "raw" / "HAM10000_images_part_2.zip.corrupt").exists()
 
 
+def test_snakemakes_own_report_builds_after_a_run(sample_run, tmp_path):
+    """docs/workflow.md: after a run, `snakemake --cores 1 --report snakemake_report.html` with the
+    run's configuration builds Snakemake's report from the run's figures."""
+    report = tmp_path / "snakemake_report.html"
+    run_snakemake(sample_run, *sample_run_args(sample_run, "--report", str(report)))
+    html = report.read_text()
+    assert "augment_preview.png" in html and "reliability" in html
+
+
 def test_rerun_from_scratch_gives_identical_results(sample_run, tmp_path):
     """Same seed, CPU, data in another folder: split, metrics, predictions and exports are byte-identical."""
     data_copy = tmp_path / "elsewhere" / "sample"

@@ -3,8 +3,8 @@
 The split rule writes ``split.csv`` (every image: train, val or test) and ``development.csv``
 (train and val only). Training, model selection, thresholds, calibration, normalisation statistics
 and the metadata model read the development table (:func:`load_development_table`), which refuses
-a table holding any other split; only the evaluate rule reads the test rows
-(:func:`load_split_table`). See docs/evaluation.md.
+a table holding any other split; only the evaluate rules (evaluate, evaluate_ensemble,
+evaluate_deployed) read the test rows (:func:`load_split_table`). See docs/evaluation.md.
 """
 
 from __future__ import annotations

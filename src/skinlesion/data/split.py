@@ -82,7 +82,7 @@ def write_split(
     seed: int,
 ) -> pd.DataFrame:
     """The split rule: index table -> split table, split x class count table, and the development
-    table (train and val rows: what every step but the evaluate rule reads, :mod:`skinlesion.tables`)."""
+    table (train and val rows: what every step but the evaluate rules reads, :mod:`skinlesion.tables`)."""
     split = make_split(read_index(index_csv), ratios, seed)
     for frame, dest in ((split, out_split), (split_counts(split), out_counts)):
         with atomic_path(dest) as tmp:

@@ -4,7 +4,8 @@ Start it with ``skinlesion app --model results/export/baseline_cnn`` (in-process
 add ``--service http://127.0.0.1:8000`` to ask a running ``skinlesion serve`` instead. The
 Grad-CAM overlay needs the tier's PyTorch checkpoint (the one the sidecar names, checked against
 the weights' SHA-256). Settings come from the environment the ``skinlesion app`` command sets:
-SKINLESION_MODEL, SKINLESION_SERVICE_URL, SKINLESION_CHECKPOINT, SKINLESION_SAMPLES.
+SKINLESION_MODEL, SKINLESION_SERVICE_URL, SKINLESION_CHECKPOINT. SKINLESION_SAMPLES, which no
+command sets, optionally names a folder of samples other than data/sample.
 """
 
 from __future__ import annotations

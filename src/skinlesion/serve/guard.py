@@ -1,15 +1,15 @@
 """The input guard: when the exported model should not answer.
 
 The model knows dermatoscopic images of HAM10000's kind and nothing else. Every upload passes two
-checks before its prediction counts; each failure is a named reason, and the service, the app and
-``skinlesion predict`` still return the prediction, marked ``accepted: false``:
+checks before its prediction counts; each failure is a named reason, and the service and the app
+still return the prediction, marked ``accepted: false``:
 
 1. **Image quality**, on the decoded image with thresholds a user can read (``export.guard.quality``):
    ``too_small`` (shorter side of the upload under ``min_side`` pixels), ``nearly_uniform`` (grey-level
    standard deviation under ``min_contrast``), ``too_dark`` / ``overexposed`` (mean grey level under
    ``min_brightness`` / over ``max_brightness``, of 255), ``blurred`` (variance of the grey image's
    Laplacian under ``min_sharpness``) and ``noisy`` (that variance over the grey-level variance above
-   ``max_noise``: about 20 for pixel noise, a few tenths for a photograph), all on the cache square.
+   ``max_noise``: pixel noise scores far above a photograph), all on the cache square.
    The export records the share of training images each check flags.
 2. **Out of distribution** (``out_of_distribution``), a score from the model itself, computed in the
    ONNX graph as its output ``ood_score`` (higher: further from the training data):

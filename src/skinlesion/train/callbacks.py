@@ -23,7 +23,7 @@ def ema_decay(decay: float, n: float) -> float:
 def ema_update(decay: float):
     """The EMA step for ``AveragedModel(multi_avg_fn=...)``: the decay warms up (:func:`ema_decay`),
     so the random initial weights do not dominate the average of
-    a short run. One fused ``_foreach_lerp_`` per step: about 4x faster than updating tensor by tensor
+    a short run. One fused ``_foreach_lerp_`` per step: faster than updating tensor by tensor
     (``benchmarks/ema_update.py``)."""
 
     @torch.no_grad()

@@ -4,8 +4,8 @@ Augmentation takes one of two paths (``augment.on_device``):
 
 - in the DataLoader workers (the CPU default): the geometric part (torchvision transforms v2) per
   image, then colour jitter (kornia, random strengths per image) on the whole batch in the main
-  process. Per-image colour jitter cost the worker about 1 ms an image, and on two cores the busy
-  worker halved training throughput; batched it costs about 3 ms a batch of 64;
+  process. Colour jitter image by image in the worker kept it busy and slowed training on two
+  cores; on the whole batch it costs far less per image;
 - on the training device (the GPU default): the workers only read cached uint8 frames, and the
   whole augmentation (random resized crop, flips, 90-degree rotations, affine, colour jitter) runs
   on each batch where the model trains (kornia), with its own draws for every image. Small

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto``: bf16 mixed precision on a GPU, or on a CPU with native bf16 (AMX/AVX512-BF16); else fp32."""
+    """``auto``: bf16 mixed precision on a GPU (fp16 mixed, ``16-mixed``, on a GPU without bf16 support)
+    or on a CPU with native bf16 (AMX/AVX512-BF16); else fp32."""
     if precision != "auto":
         return precision
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
@@ -41,7 +42,9 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 def augment_on_device(settings: dict) -> bool:
     """``augment.on_device``: ``auto`` augments on the training device when that is a GPU, in the
-    DataLoader workers on a CPU (which measured faster there: docs/benchmarks.md)."""
+    DataLoader workers on a CPU. The device path measured faster on the CPU too (docs/benchmarks.md),
+    but switching changes the random crops and has not been cross-validated, so the CPU keeps the
+    worker path."""
     choice = settings["augment"].get("on_device", "auto")
     if choice == "auto":
         return settings["accelerator"] in ("auto", "gpu", "cuda") and torch.cuda.is_available()

@@ -1,7 +1,8 @@
 """Model selection by lesion-grouped K-fold cross-validation on the development data (train + val).
 
-``snakemake results/selection/{tier}.csv`` trains the tier's default settings and each variant that
-``selection.variants`` lists for it on every fold and scores each on the fold it did not see:
+``snakemake --cores 2 results/selection/{tier}.csv`` trains the tier's default settings and each
+variant that ``selection.variants`` lists for it on every fold and scores each on the fold it did
+not see:
 
 1. ``cv_folds``: the development table's lesions into K folds (scikit-learn's
    ``StratifiedGroupKFold``: grouped by lesion, stratified by diagnosis, seeded), never a test row;
