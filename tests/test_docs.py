@@ -97,20 +97,32 @@ def test_no_hand_typed_measurements(path):
     )
 
 
-def snakemake_commands(path: str) -> list[tuple[int, str]]:
-    """(line, command) for each `snakemake ...` command on a page: in its code blocks (continued
-    lines joined) and in its inline code."""
+def inline_and_fenced_commands(path: str, first_words: tuple[str, ...]) -> list[tuple[int, str]]:
+    """(line, command) for each command on a page starting with one of ``first_words``: each line of
+    its code blocks (continued lines joined) and each inline code span."""
     text = (ROOT / path).read_text()
-    commands = []
+    found = []
     for block in re.finditer(r"^```[^\n]*\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE):
         first = text.count("\n", 0, block.start(1)) + 1
-        for m in re.finditer(r"^snakemake (?:.*\\\n)*.*$", block.group(1), flags=re.MULTILINE):
-            line = first + block.group(1).count("\n", 0, m.start())
-            commands.append((line, m.group(0).replace("\\\n", " ")))
+        for m in re.finditer(r"^(?:.*\\\n)*.*$", block.group(1), flags=re.MULTILINE):
+            command = m.group(0).replace("\\\n", " ").strip()
+            if command.split(" ", 1)[0] in first_words:
+                found.append((first + block.group(1).count("\n", 0, m.start()), command))
     inline = re.sub(r"^```.*?^```", _blank, text, flags=re.DOTALL | re.MULTILINE)
-    for m in re.finditer(r"`(snakemake\s[^`]*)`", inline):
-        commands.append((inline.count("\n", 0, m.start()) + 1, " ".join(m.group(1).split())))
-    return sorted(c for c in commands if c[1] != "snakemake ...")  # "snakemake ..." names them all
+    for m in re.finditer(r"`([^`]+)`", inline):
+        command = " ".join(m.group(1).split())
+        if command.split(" ", 1)[0] in first_words:
+            found.append((inline.count("\n", 0, m.start()) + 1, command))
+    return sorted(found)
+
+
+def snakemake_commands(path: str) -> list[tuple[int, str]]:
+    """(line, command) for each `snakemake ...` command on a page ("snakemake ..." names them all)."""
+    return [
+        (line, c)
+        for line, c in inline_and_fenced_commands(path, ("snakemake",))
+        if c not in ("snakemake", "snakemake ...")
+    ]
 
 
 # Pages whose commands still stop for want of --cores; strict, so the mark must go once they run.
@@ -274,25 +286,6 @@ def test_documented_snakemake_commands_run_as_written(tmp_path):
             )
     assert len(commands) >= 15
     assert not failures, "\n\n".join(failures)
-
-
-def inline_and_fenced_commands(path: str, first_words: tuple[str, ...]) -> list[tuple[int, str]]:
-    """(line, command) for each command on a page starting with one of ``first_words``: each line of
-    its code blocks (continued lines joined, trailing comments dropped) and each inline code span."""
-    text = (ROOT / path).read_text()
-    found = []
-    for block in re.finditer(r"^```(?:bash|sh|console)?\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE):
-        first = text.count("\n", 0, block.start(1)) + 1
-        for m in re.finditer(r"^(?:.*\\\n)*.*$", block.group(1), flags=re.MULTILINE):
-            command = m.group(0).replace("\\\n", " ").strip()
-            if command.split(" ", 1)[0] in first_words:
-                found.append((first + block.group(1).count("\n", 0, m.start()), command))
-    inline = re.sub(r"^```.*?^```", _blank, text, flags=re.DOTALL | re.MULTILINE)
-    for m in re.finditer(r"`([^`]+)`", inline):
-        command = " ".join(m.group(1).split())
-        if command.split(" ", 1)[0] in first_words:
-            found.append((inline.count("\n", 0, m.start()) + 1, command))
-    return sorted(found)
 
 
 def test_documented_make_targets_exist():
