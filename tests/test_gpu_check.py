@@ -42,20 +42,24 @@ def test_gpu_check_makes_the_transfer_tiers_weights_folder_on_a_bare_node(tmp_pa
     assert prepare_weights(tier_settings(train, "baseline_cnn")) is None
 
 
-# The whole check (data stage, two tiers trained twice) in a subprocess: in the slow layer.
+# The whole check (data stage, every tier, the first trained twice) in a subprocess, from an empty
+# directory as on a bare node: in the slow layer.
 @pytest.mark.slow
 def test_gpu_check_runs_without_snakemake_or_mlflow_and_writes_its_json(tmp_path):
     out = tmp_path / "gpu_check.json"
-    args = ["--data", str(SAMPLE), "--out", str(out), "--cpu", "--epochs", "2", "--tiers", "baseline_cnn", "resnet"]
+    args = ["--data", str(SAMPLE), "--out", str(out), "--cpu", "--epochs", "2"]
+    args += ["--tiers", "baseline_cnn", "resnet", "transfer"]
     args += ["--cache-size", "64", "--set", "image_size=32", "limit_train_batches=2"]
     args += ["baseline_cnn.model={widths: [8, 16], convs_per_block: 1, dropout: 0.2}"]
     args += ["resnet.model={widths: [8, 16], blocks_per_stage: [1, 1], stem_stride: 1, dropout: 0.2}"]
     code = BARE.format(script=str(GPU_CHECK))
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["rerun_identical"] is True and result["epochs"] == 2
-    assert set(result["tiers"]) == {"baseline_cnn", "resnet"}
+    assert set(result["tiers"]) == {"baseline_cnn", "resnet", "transfer"}
+    backbone = tier_settings(load_config()["train"], "transfer")["model"]["backbone"]
+    assert (tmp_path / "results" / "weights" / backbone / "model.safetensors").is_file()
     for tier in result["tiers"].values():
         assert tier["epochs"] == 2 and tier["median_epoch_s"] > 0 and 0 <= tier["data_wait_frac"] < 1
         assert tier["vs_cpu"] == {"device": "cpu", "max_abs_diff": 0.0, "same_dx": 1.0}
