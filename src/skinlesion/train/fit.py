@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 def resolve_precision(precision: str, accelerator: str) -> str:
     """``auto``: bf16 mixed precision on a GPU (fp16 mixed, ``16-mixed``, on a GPU without bf16 support)
-    or on a CPU with native bf16 (AMX/AVX512-BF16); else fp32."""
+    or on a CPU where oneDNN runs bf16: natively (AMX/AVX512-BF16) or emulated (other AVX-512
+    CPUs); else (AVX2 only) fp32."""
     if precision != "auto":
         return precision
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
